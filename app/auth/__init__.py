@@ -1,0 +1,1 @@
+"""API keys: creation and revocation (CLI), hashing, and the scope checks routes declare."""

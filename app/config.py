@@ -1,0 +1,120 @@
+"""The one validated settings object, read from ``EDGE_AUTOML_*`` environment variables.
+
+Defaults give the embedded mode: SQLite and a blob folder under ``./data``, the API on
+loopback, one supervised worker. Nothing else in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGE_AUTOML_", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_DATA_DIR}/edge-automl.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db.",
+    )
+    blob_url: str = Field(
+        default=f"file://./{DEFAULT_DATA_DIR}/blobs",
+        description="file://DIR for a local folder, gs://bucket/prefix for Cloud Storage.",
+    )
+    gcs_project: str | None = None
+    gcs_signing_credentials_file: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    embedded_worker: bool = Field(
+        default=True, description="serve also supervises one worker child process."
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="auto: keys are required once any active key exists; "
+        "on: always required; off: never (only allowed on a loopback address).",
+    )
+
+    max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    default_page_size: int = Field(default=50, ge=1, le=100)
+
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
+    job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
+    job_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    job_stall_timeout_seconds: float = Field(default=60.0, gt=0)
+    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    url_signing_key: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return value
+
+    @field_validator("blob_url")
+    @classmethod
+    def _known_blob_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "gs://")):
+            raise ValueError("must start with file:// or gs://")
+        return value
+
+    def __init__(self, **values: object) -> None:
+        super().__init__(**values)
+        if self.job_stall_timeout_seconds <= 2 * self.job_heartbeat_seconds:
+            raise ValueError(
+                "EDGE_AUTOML_JOB_STALL_TIMEOUT_SECONDS must exceed twice "
+                "EDGE_AUTOML_JOB_HEARTBEAT_SECONDS, or live jobs would be reclaimed"
+            )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def binds_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the service; the message names each bad variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings, turning pydantic's report into one clear message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"EDGE_AUTOML_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,10 @@
+"""ORM tables, one file per table, imported here so Alembic sees the whole metadata.
+
+Called ``db`` rather than ``models``: in this product a model is a trained detector.
+"""
+
+from app.db.api_key import ApiKey
+from app.db.base import Base
+from app.db.job import Job, JobState
+
+__all__ = ["ApiKey", "Base", "Job", "JobState"]

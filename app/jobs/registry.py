@@ -1,0 +1,78 @@
+"""The one place where every job kind is bound to its handler, and periodic jobs are declared."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from app.jobs.context import JobContext
+
+Handler = Callable[[JobContext], dict[str, Any] | None]
+
+NOOP = "noop"
+MAX_NOOP_SLEEP_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    handler: Handler
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    """A job enqueued once per ``every`` across all workers (e.g. the Vertex AI poller)."""
+
+    name: str
+    kind: str
+    every: timedelta
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class JobRegistry:
+    def __init__(self) -> None:
+        self._kinds: dict[str, JobKind] = {}
+        self._periodic: dict[str, PeriodicJob] = {}
+
+    def register(self, name: str, handler: Handler, *, max_attempts: int | None = None) -> None:
+        if name in self._kinds:
+            raise ValueError(f"job kind {name!r} is registered twice")
+        self._kinds[name] = JobKind(name, handler, max_attempts)
+
+    def register_periodic(self, job: PeriodicJob) -> None:
+        if job.kind not in self._kinds:
+            raise ValueError(f"periodic job {job.name!r} names unknown kind {job.kind!r}")
+        self._periodic[job.name] = job
+
+    def get(self, name: str) -> JobKind | None:
+        return self._kinds.get(name)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._kinds)
+
+    @property
+    def periodic(self) -> list[PeriodicJob]:
+        return list(self._periodic.values())
+
+
+def run_noop(ctx: JobContext) -> dict[str, Any]:
+    """Does nothing (optionally sleeps, checkpointing): for smoke tests and the queue bench."""
+    seconds = float(ctx.payload.get("sleepSeconds", 0.0))
+    seconds = min(max(seconds, 0.0), MAX_NOOP_SLEEP_SECONDS)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+        ctx.checkpoint()
+    return {"sleptSeconds": seconds}
+
+
+def default_registry() -> JobRegistry:
+    """Every job kind the service runs. Domains add their ``tasks`` here as they arrive."""
+    registry = JobRegistry()
+    registry.register(NOOP, run_noop)
+    return registry

@@ -1,0 +1,57 @@
+"""Keyset paging behind Google's ``pageSize`` / ``pageToken`` / ``nextPageToken``.
+
+A token encodes the sort key of the last item served, so pages stay stable while rows are
+added, and it is bound to the list's filter so it cannot be replayed against another query.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.errors import InvalidInput
+
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """The position after which the next page starts: newest first by (time, id)."""
+
+    time: datetime
+    id: str
+
+
+def _filter_digest(filter_key: str) -> str:
+    return hashlib.sha256(filter_key.encode()).hexdigest()[:12]
+
+
+def encode_token(cursor: PageCursor, *, filter_key: str = "") -> str:
+    raw = json.dumps({"t": cursor.time.isoformat(), "i": cursor.id, "f": _filter_digest(filter_key)})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str | None, *, filter_key: str = "") -> PageCursor | None:
+    if not token:
+        return None
+    try:
+        raw: dict[str, Any] = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        cursor = PageCursor(time=datetime.fromisoformat(raw["t"]), id=str(raw["i"]))
+        digest = raw["f"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput.field("pageToken", "is not a token that this list returned") from exc
+    if digest != _filter_digest(filter_key):
+        raise InvalidInput.field("pageToken", "was issued for a different filter")
+    return cursor
+
+
+def check_page_size(page_size: int | None, *, default: int) -> int:
+    if page_size is None:
+        return default
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidInput.field("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}")
+    return page_size

@@ -1,0 +1,58 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from app.config import Settings, get_settings
+from app.db.session import make_engine, make_session_factory
+from app.health.api import router as health_router
+from app.jobs.api import router as operations_router
+from app.kit.blobs import BlobStore, open_blob_store
+from app.web.errors import install_error_handlers
+from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+
+API_TITLE = "edge-automl"
+API_VERSION = "0.1.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    blobs: BlobStore | None = None,
+) -> FastAPI:
+    """Build the app. Engine and blob store default to the settings; tests may pass their own."""
+    settings = settings or get_settings()
+    engine = engine or make_engine(settings.database_url)
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description="Self-hosted AutoML Vision Edge: import labelled images, train on-device "
+        "object detectors, evaluate, export to TFLite/ONNX, publish and serve them.",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.blobs = blobs or open_blob_store(
+        settings.blob_url,
+        gcs_signing_credentials_file=(
+            str(settings.gcs_signing_credentials_file)
+            if settings.gcs_signing_credentials_file
+            else None
+        ),
+        gcs_project=settings.gcs_project,
+    )
+
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        max_json_bytes=settings.max_json_bytes,
+    )
+    app.add_middleware(RequestContextMiddleware)
+
+    app.include_router(health_router)
+    app.include_router(operations_router)
+    return app

@@ -1,0 +1,1 @@
+"""The HTTP boundary shared by every domain's routes: dependencies, middleware, errors."""

@@ -1,0 +1,103 @@
+"""Shared fixtures: real databases built by the Alembic migrations, the app, a client.
+
+Every database test runs on SQLite, and on PostgreSQL too when TEST_DATABASE_URL is set.
+Tests commit for real (workers in other processes must see the rows) and each test starts
+from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings, load_settings
+from app.db import Base, migrate
+from app.db.session import make_engine, make_session_factory
+from app.main import create_app
+
+pytest_plugins = ["tests.fixtures.gcs"]
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+DATABASES = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
+
+
+def reset_postgres_schema(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    else:
+        assert TEST_DATABASE_URL
+        url = TEST_DATABASE_URL
+        reset_postgres_schema(url)
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def _delete_all_rows(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    _delete_all_rows(engine)
+    yield make_session_factory(engine)
+    _delete_all_rows(engine)
+
+
+@pytest.fixture
+def session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        blob_url=f"file://{tmp_path / 'blobs'}",
+        job_heartbeat_seconds=0.2,
+        job_stall_timeout_seconds=1.0,
+        job_retry_backoff_seconds=0.0,
+        worker_poll_seconds=0.05,
+        log_format="text",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, engine: Engine, session_factory: sessionmaker[Session]) -> FastAPI:
+    return create_app(settings, engine=engine)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
