@@ -181,7 +181,9 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     with _session_factory(settings).begin() as session:
         if args.action == "create":
             key, secret = service.create(session, display_name=args.name, scopes=args.scope)
-            sys.stdout.write(f"created key {key.id} ({key.display_name}, scopes {','.join(key.scopes)})\n")
+            sys.stdout.write(
+                f"created key {key.id} ({key.display_name}, scopes {','.join(key.scopes)})\n"
+            )
             sys.stdout.write(f"{secret}\n")
             sys.stderr.write("store the key now: it cannot be shown again\n")
         elif args.action == "list":

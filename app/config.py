@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("data")
@@ -71,13 +71,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with file:// or gs://")
         return value
 
-    def __init__(self, **values: object) -> None:
-        super().__init__(**values)
+    @model_validator(mode="after")
+    def _stall_timeout_outlasts_heartbeats(self) -> Settings:
         if self.job_stall_timeout_seconds <= 2 * self.job_heartbeat_seconds:
             raise ValueError(
-                "EDGE_AUTOML_JOB_STALL_TIMEOUT_SECONDS must exceed twice "
-                "EDGE_AUTOML_JOB_HEARTBEAT_SECONDS, or live jobs would be reclaimed"
+                "job_stall_timeout_seconds must exceed twice job_heartbeat_seconds, "
+                "or live jobs would be reclaimed"
             )
+        return self
 
     @property
     def is_sqlite(self) -> bool:
@@ -101,18 +102,18 @@ class SettingsError(Exception):
     """Settings that cannot start the service; the message names each bad variable."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings, turning pydantic's report into one clear message."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = [
             f"EDGE_AUTOML_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]
             for err in exc.errors()
         ]
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
-    except ValueError as exc:
-        raise SettingsError(f"invalid settings: {exc}") from None
 
 
 @lru_cache

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from app.config import Settings, get_settings
+from app.db import migrate
 from app.db.session import make_engine, make_session_factory
 from app.health.api import router as health_router
 from app.jobs.api import router as operations_router
@@ -35,6 +36,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    # The code's schema head cannot change while the process runs: read it once.
+    app.state.schema_head = migrate.head_revision(settings.database_url)
     app.state.blobs = blobs or open_blob_store(
         settings.blob_url,
         gcs_signing_credentials_file=(

@@ -1,4 +1,7 @@
-"""Route guards: ``Depends(require(Scope.WRITE))``. 401 names what is missing, 403 what is lacking."""
+"""Route guards: ``Depends(require(Scope.WRITE))``.
+
+401 names what is missing or wrong with the key; 403 what the key lacks.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ def require(scope: Scope) -> Callable[..., ApiKey | None]:
             raise Unauthenticated("API key is not valid or was revoked", headers=_CHALLENGE)
         if not service.grants(key.scopes, scope):
             raise PermissionDenied(
-                f"API key {key.display_name!r} has scopes {key.scopes}; this call needs {scope.value!r}"
+                f"API key {key.display_name!r} has scopes {key.scopes}; "
+                f"this call needs {scope.value!r}"
             )
         return key
 

@@ -45,7 +45,9 @@ def create(session: Session, *, display_name: str, scopes: Sequence[str]) -> tup
         raise InvalidInput.field("name", "must not be empty")
     unknown = sorted(set(scopes) - {s.value for s in Scope})
     if unknown or not scopes:
-        raise InvalidInput.field("scope", f"must be among read, write, admin (got {unknown or 'none'})")
+        raise InvalidInput.field(
+            "scope", f"must be among read, write, admin (got {unknown or 'none'})"
+        )
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         id=new_id(),

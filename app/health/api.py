@@ -40,7 +40,7 @@ def healthz() -> Health:
 def readyz(request: Request) -> JSONResponse:
     """Ready for traffic: database reachable, migrations at head, blob store writable."""
     state = request.app.state
-    checks = service.check_database(state.engine, url=state.settings.database_url)
+    checks = service.check_database(state.engine, head=state.schema_head)
     checks.append(service.check_blob_store(state.blobs))
     ready = all(check.ok for check in checks)
     body = Readiness(

@@ -42,8 +42,8 @@ class JobCollector(Collector):
         depth = GaugeMetricFamily(
             "edge_automl_jobs", "Jobs in the queue by state.", labels=["state"]
         )
-        for state in JobState:
-            depth.add_metric([state.value], counts.get(state.value, 0))
+        for job_state in JobState:
+            depth.add_metric([job_state.value], counts.get(job_state.value, 0))
         yield depth
         histogram = HistogramMetricFamily(
             "edge_automl_job_duration_seconds",

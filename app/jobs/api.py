@@ -8,7 +8,14 @@ from fastapi import APIRouter, Depends, Query
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
-from app.errors import FailedPrecondition, InvalidInput, NotFound, Unauthenticated, PermissionDenied, error_responses
+from app.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    error_responses,
+)
 from app.jobs import service
 from app.jobs.schemas import OperationList, OperationRead
 from app.kit.pagination import check_page_size, decode_token, encode_token

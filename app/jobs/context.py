@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 
 
-class JobInterrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+class JobInterrupted(Exception):
     """Raised at a checkpoint when the job must stop early; the worker handles each kind."""
 
 
@@ -61,7 +61,7 @@ class JobContext:
             raise WorkerStopping(self.job_id)
 
     def report_progress(self, fraction: float, **details: Any) -> None:
-        """Store progress (0–1 and free-form details) now, visible to callers, then checkpoint."""
+        """Store progress (0 to 1, free-form details) now, visible to callers; then checkpoint."""
         self._report(min(1.0, max(0.0, fraction)), details or None)
         self.checkpoint()
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, case, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from app.db.job import TERMINAL_STATES, Job, JobState
 from app.kit.clock import utcnow
@@ -29,6 +31,12 @@ def add(session: Session, job: Job) -> Job:
     return job
 
 
+def _changed(session: Session, statement: Executable) -> bool:
+    """Run a write; whether it matched a row (the compare-and-set outcome)."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount > 0
+
+
 def notify_new_job(session: Session) -> None:
     """Wake idle PostgreSQL workers when the caller's transaction commits (no-op on SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -40,7 +48,7 @@ def insert_unless_duplicate(session: Session, values: dict[str, Any]) -> bool:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return bool(session.execute(statement).rowcount)
+    return _changed(session, statement)
 
 
 def get(session: Session, job_id: str) -> Job | None:
@@ -171,7 +179,7 @@ def finish(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(statement).rowcount)
+    return _changed(session, statement)
 
 
 def retry_later(
@@ -190,7 +198,7 @@ def retry_later(
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(statement).rowcount)
+    return _changed(session, statement)
 
 
 def release(session: Session, *, job_id: str, worker_id: str) -> bool:
@@ -212,7 +220,7 @@ def release(session: Session, *, job_id: str, worker_id: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(statement).rowcount)
+    return _changed(session, statement)
 
 
 def transition(
@@ -225,7 +233,7 @@ def transition(
         .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
-    return bool(session.execute(statement).rowcount)
+    return _changed(session, statement)
 
 
 def stalled(session: Session, *, cutoff: datetime, limit: int = 100) -> Sequence[Job]:
@@ -250,9 +258,7 @@ def duration_histogram(
 ) -> list[tuple[str, str, list[int], int, float]]:
     """Per (kind, state): cumulative bucket counts, total count and sum of run seconds."""
     finished = Job.duration_seconds.is_not(None)
-    columns = [
-        func.sum(case((Job.duration_seconds <= bound, 1), else_=0)) for bound in buckets
-    ]
+    columns = [func.sum(case((Job.duration_seconds <= bound, 1), else_=0)) for bound in buckets]
     query = (
         select(
             Job.kind,

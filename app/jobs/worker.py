@@ -48,7 +48,9 @@ class _Heartbeat(threading.Thread):
                 self.worker.beat(self.ctx)
             except Exception:
                 # A database blip must not kill the job; the stall timeout covers real outages.
-                log.warning("jobs.heartbeat.failed", exc_info=True, extra={"job_id": self.ctx.job_id})
+                log.warning(
+                    "jobs.heartbeat.failed", exc_info=True, extra={"job_id": self.ctx.job_id}
+                )
 
 
 class Worker:
@@ -96,7 +98,9 @@ class Worker:
 
     def run(self, *, max_jobs: int | None = None, stop_when_idle: bool = False) -> int:
         """Work until asked to stop; returns the number of jobs run."""
-        log.info("worker.started", extra={"worker_id": self.worker_id, "kinds": self.registry.kinds})
+        log.info(
+            "worker.started", extra={"worker_id": self.worker_id, "kinds": self.registry.kinds}
+        )
         ran = 0
         try:
             while not self.stopping.is_set():
@@ -181,11 +185,17 @@ class Worker:
                 log.info("jobs.job.released", extra={"job_id": job_id, "kind": kind})
             except AppError as exc:
                 session.rollback()
-                self._failed(job_id, kind, started, exc.to_rpc_status(), retry=exc.status_code >= 500)
+                self._failed(
+                    job_id, kind, started, exc.to_rpc_status(), retry=exc.status_code >= 500
+                )
             except Exception as exc:
                 session.rollback()
                 log.exception("jobs.job.crashed", extra={"job_id": job_id, "kind": kind})
-                status = {"code": 13, "status": "INTERNAL", "message": f"{type(exc).__name__}: {exc}"}
+                status = {
+                    "code": 13,
+                    "status": "INTERNAL",
+                    "message": f"{type(exc).__name__}: {exc}",
+                }
                 self._failed(job_id, kind, started, status, retry=True)
             finally:
                 heartbeat.done.set()
@@ -204,7 +214,11 @@ class Worker:
                     self.settings.job_retry_backoff_seconds, job.attempts
                 )
                 repository.retry_later(
-                    session, job_id=job_id, worker_id=self.worker_id, run_after=run_after, error=error
+                    session,
+                    job_id=job_id,
+                    worker_id=self.worker_id,
+                    run_after=run_after,
+                    error=error,
                 )
                 log.warning(
                     "jobs.job.retrying",
@@ -287,8 +301,14 @@ class Worker:
                         "finished_at": now,
                     }
                 elif job.attempts < job.max_attempts:
-                    backoff = repository.backoff(self.settings.job_retry_backoff_seconds, job.attempts)
-                    values = {"state": JobState.QUEUED, "run_after": now + backoff, "last_error": error}
+                    backoff = repository.backoff(
+                        self.settings.job_retry_backoff_seconds, job.attempts
+                    )
+                    values = {
+                        "state": JobState.QUEUED,
+                        "run_after": now + backoff,
+                        "last_error": error,
+                    }
                 else:
                     values = {"state": JobState.FAILED, "error": error, "finished_at": now}
                 repository.transition(
@@ -326,9 +346,7 @@ class Worker:
         import psycopg
 
         url = engine.url.set(drivername="postgresql")
-        connection = psycopg.connect(
-            url.render_as_string(hide_password=False), autocommit=True
-        )
+        connection = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
         connection.execute(f"LISTEN {repository.NOTIFY_CHANNEL}")
         self._listener = connection
         return connection

@@ -49,3 +49,5 @@ def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    # Alembic narrates every plugin it loads at INFO; keep its warnings only.
+    logging.getLogger("alembic").setLevel("WARNING")

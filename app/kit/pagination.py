@@ -31,7 +31,9 @@ def _filter_digest(filter_key: str) -> str:
 
 
 def encode_token(cursor: PageCursor, *, filter_key: str = "") -> str:
-    raw = json.dumps({"t": cursor.time.isoformat(), "i": cursor.id, "f": _filter_digest(filter_key)})
+    raw = json.dumps(
+        {"t": cursor.time.isoformat(), "i": cursor.id, "f": _filter_digest(filter_key)}
+    )
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

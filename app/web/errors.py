@@ -29,8 +29,17 @@ _HTTP_STATUS_NAMES = {
 }
 
 
-def _json(status_code: int, status: str, message: str, details: list[dict] | None = None) -> JSONResponse:
-    body = {"error": {"code": status_code, "status": status, "message": message, "details": details or []}}
+def _json(
+    status_code: int, status: str, message: str, details: list[dict] | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "code": status_code,
+            "status": status,
+            "message": message,
+            "details": details or [],
+        }
+    }
     return JSONResponse(body, status_code=status_code)
 
 
@@ -50,14 +59,18 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
         {"field": _field_path(tuple(err["loc"])), "description": err["msg"]} for err in exc.errors()
     ]
     message = "; ".join(f"{v['field']}: {v['description']}" for v in violations)
-    details = [{"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}]
+    details = [
+        {"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}
+    ]
     error = InvalidInput(message or "invalid request", details=details)
     return JSONResponse(error.to_body(), status_code=error.status_code)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    status = _HTTP_STATUS_NAMES.get(exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT")
+    status = _HTTP_STATUS_NAMES.get(
+        exc.status_code, "UNKNOWN" if exc.status_code >= 500 else "INVALID_ARGUMENT"
+    )
     response = _json(exc.status_code, status, str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)

@@ -21,9 +21,14 @@ from app.kit.clock import utcnow
 
 
 def make_worker(
-    settings: Settings, session_factory: sessionmaker[Session], registry: JobRegistry, name: str = "w1"
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    registry: JobRegistry,
+    name: str = "w1",
 ) -> Worker:
-    return Worker(settings=settings, session_factory=session_factory, registry=registry, worker_id=name)
+    return Worker(
+        settings=settings, session_factory=session_factory, registry=registry, worker_id=name
+    )
 
 
 def enqueue(session_factory: sessionmaker[Session], kind: str, **kwargs: Any) -> str:
