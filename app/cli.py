@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from app.config import Settings, SettingsError, load_settings
 
@@ -46,7 +49,9 @@ class WorkerSupervisor:
         self.thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "app", "worker"])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "--parent-pid", str(os.getpid())]
+        )
         log.info("serve.worker.started", extra={"pid": process.pid})
         return process
 
@@ -91,6 +96,10 @@ def check_can_bind(settings: Settings) -> None:
             )
 
 
+def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -103,6 +112,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.embedded_worker and not args.no_worker:
         supervisor = WorkerSupervisor(settings)
         supervisor.start()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then restores the previous handlers
+    # and re-raises the signal: make that previous handler a clean exit, so the worker
+    # child is stopped below instead of orphaned by a process killed mid-finally.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     finally:
@@ -117,7 +131,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     worker = Worker(
-        settings=settings, session_factory=_session_factory(settings), registry=default_registry()
+        settings=settings,
+        session_factory=_session_factory(settings),
+        registry=default_registry(),
+        parent_pid=args.parent_pid,
     )
     worker.install_signal_handlers()
     worker.run()
@@ -148,13 +165,18 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def openapi_document() -> str:
+    """The app's OpenAPI document, built without touching any real database or folder."""
+    import tempfile
+
+    from app.db.session import make_engine
+    from app.kit.blobs import open_blob_store
     from app.main import create_app
 
-    settings = load_settings(database_url="sqlite://", blob_url="file://./data/blobs")
-    from app.db.session import make_engine
-
-    app = create_app(settings, engine=make_engine("sqlite://"))
-    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+    settings = load_settings(database_url="sqlite://")
+    with tempfile.TemporaryDirectory() as scratch:
+        blobs = open_blob_store(f"file://{scratch}")
+        app = create_app(settings, engine=make_engine("sqlite://"), blobs=blobs)
+        return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -214,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     worker = commands.add_parser("worker", help="run a standalone worker process")
+    worker.add_argument(
+        "--parent-pid", type=int, help="stop when this process is gone (used by serve)"
+    )
     worker.set_defaults(handler=cmd_worker)
 
     db = commands.add_parser("db", help="database schema (Alembic migrations)")

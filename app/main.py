@@ -13,6 +13,7 @@ from app.jobs.api import router as operations_router
 from app.kit.blobs import BlobStore, open_blob_store
 from app.web.errors import install_error_handlers
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.web.openapi import install_openapi, operation_id
 
 API_TITLE = "edge-automl"
 API_VERSION = "0.1.0"
@@ -32,7 +33,9 @@ def create_app(
         version=API_VERSION,
         description="Self-hosted AutoML Vision Edge: import labelled images, train on-device "
         "object detectors, evaluate, export to TFLite/ONNX, publish and serve them.",
+        generate_unique_id_function=operation_id,
     )
+    install_openapi(app)
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)

@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Security
+from fastapi.security import APIKeyHeader
 
 from app.auth import service
 from app.auth.service import Scope
@@ -18,21 +20,38 @@ from app.web.deps import SessionDep, SettingsDep
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edge-automl"'}
 
 
-def _presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, credentials = header.partition(" ")
+# Declared as security schemes so the OpenAPI document (and generated clients) show both
+# ways to send a key; auto_error is off because the guard below words the errors itself.
+bearer_scheme = APIKeyHeader(
+    name="Authorization",
+    scheme_name="bearer",
+    description="'Bearer <api key>'",
+    auto_error=False,
+)
+google_api_key_scheme = APIKeyHeader(
+    name="x-goog-api-key", scheme_name="googleApiKey", auto_error=False
+)
+
+
+def _presented_key(authorization: str | None, google_api_key: str | None) -> str | None:
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise Unauthenticated(
                 "malformed Authorization header: expected 'Bearer <api key>'", headers=_CHALLENGE
             )
         return credentials.strip()
-    return request.headers.get("x-goog-api-key") or None
+    return google_api_key or None
 
 
 def require(scope: Scope) -> Callable[..., ApiKey | None]:
-    def guard(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey | None:
-        secret = _presented_key(request)
+    def guard(
+        session: SessionDep,
+        settings: SettingsDep,
+        authorization: Annotated[str | None, Security(bearer_scheme)],
+        google_api_key: Annotated[str | None, Security(google_api_key_scheme)],
+    ) -> ApiKey | None:
+        secret = _presented_key(authorization, google_api_key)
         if secret is None:
             if not service.auth_required(session, mode=settings.auth):
                 return None

@@ -34,7 +34,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"state IN ({_STATE_LIST})", name="state_known"),
         CheckConstraint("progress >= 0 AND progress <= 1", name="progress_fraction"),
-        Index("ix_jobs_claim", "state", "run_after"),
+        Index("ix_jobs_claim", "state", "run_after", "created_at"),
         Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
         Index("ix_jobs_created", "created_at", "id"),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
@@ -24,6 +24,7 @@ from app.web.deps import SessionDep, SettingsDep
 router = APIRouter(prefix="/v1", tags=["operations"])
 
 AUTH_ERRORS = (Unauthenticated, PermissionDenied)
+OperationId = Annotated[str, Path(alias="operationId")]
 
 
 @router.get(
@@ -51,22 +52,22 @@ def list_operations(
 
 
 @router.get(
-    "/operations/{operation_id}",
+    "/operations/{operationId}",
     response_model=OperationRead,
     dependencies=[Depends(require(Scope.READ))],
     responses=error_responses(NotFound, *AUTH_ERRORS),
 )
-def get_operation(operation_id: str, session: SessionDep) -> OperationRead:
+def get_operation(operation_id: OperationId, session: SessionDep) -> OperationRead:
     """Get an operation: its progress while running, then its error or response."""
     return OperationRead.from_job(service.get(session, job_id=operation_id))
 
 
 @router.post(
-    "/operations/{operation_id}:cancel",
+    "/operations/{operationId}:cancel",
     response_model=OperationRead,
     dependencies=[Depends(require(Scope.WRITE))],
     responses=error_responses(NotFound, FailedPrecondition, *AUTH_ERRORS),
 )
-def cancel_operation(operation_id: str, session: SessionDep) -> OperationRead:
+def cancel_operation(operation_id: OperationId, session: SessionDep) -> OperationRead:
     """Cancel an operation: a queued one at once, a running one at its next checkpoint."""
     return OperationRead.from_job(service.cancel(session, job_id=operation_id))

@@ -7,6 +7,7 @@ and are dropped, so a job's outcome is recorded exactly once.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -23,6 +24,7 @@ from app.kit.pagination import PageCursor
 
 ACTIVE_STATES = (JobState.RUNNING, JobState.CANCELLING)
 NOTIFY_CHANNEL = "edge_automl_jobs"
+_NOTIFIED_KEY = "jobs.notified_transaction"
 
 
 def add(session: Session, job: Job) -> Job:
@@ -38,17 +40,33 @@ def _changed(session: Session, statement: Executable) -> bool:
 
 
 def notify_new_job(session: Session) -> None:
-    """Wake idle PostgreSQL workers when the caller's transaction commits (no-op on SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    """Wake idle PostgreSQL workers when the caller's transaction commits (no-op on SQLite).
+
+    PostgreSQL folds repeated notifications of one transaction into one, so a transaction
+    that enqueues many jobs sends it once and saves the round trips.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    transaction = session.get_transaction()
+    notified = session.info.get(_NOTIFIED_KEY)
+    if transaction is not None and notified is not None and notified() is transaction:
+        return
+    session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    if transaction is not None:
+        session.info[_NOTIFIED_KEY] = weakref.ref(transaction)
 
 
 def insert_unless_duplicate(session: Session, values: dict[str, Any]) -> bool:
     """Insert a job unless one with the same ``dedupe_key`` exists; true when inserted."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Job).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return _changed(session, statement)
+    statement = (
+        insert(Job)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Job.id)
+    )
+    return session.execute(statement).scalar_one_or_none() is not None
 
 
 def get(session: Session, job_id: str) -> Job | None:

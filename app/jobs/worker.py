@@ -44,6 +44,8 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(self.worker.settings.job_heartbeat_seconds):
+            if self.worker.orphaned():
+                self.worker.request_stop()
             try:
                 self.worker.beat(self.ctx)
             except Exception:
@@ -61,6 +63,7 @@ class Worker:
         session_factory: sessionmaker[Session],
         registry: JobRegistry,
         worker_id: str | None = None,
+        parent_pid: int | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -68,9 +71,12 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self.stopping = threading.Event()
         self._current: JobContext | None = None
+        self._in_handler = False
         self._last_reclaim = 0.0
         self._last_periodic = 0.0
         self._listener: Any = None
+        # A worker started by `serve` stops when that process is gone, even after SIGKILL.
+        self.parent_pid = parent_pid
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -80,7 +86,11 @@ class Worker:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             if self.stopping.is_set():
                 log.warning("worker.stop.forced", extra={"signal": signum})
-                raise WorkerStopping("second stop signal")
+                # Interrupt only a task's own code: elsewhere the loop is about to exit,
+                # and an exception between claim and bookkeeping would strand the job.
+                if self._in_handler:
+                    raise WorkerStopping("second stop signal")
+                return
             log.info("worker.stop.requested", extra={"signal": signum})
             self.request_stop()
             grace = self.settings.worker_shutdown_grace_seconds
@@ -90,6 +100,9 @@ class Worker:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def orphaned(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -103,7 +116,13 @@ class Worker:
         )
         ran = 0
         try:
+            # Listen before the first claim, so a job enqueued in between still wakes us.
+            self._ensure_listener()
             while not self.stopping.is_set():
+                if self.orphaned():
+                    log.warning("worker.parent.gone", extra={"parent_pid": self.parent_pid})
+                    self.request_stop()
+                    break
                 self.maintain()
                 if self.run_once():
                     ran += 1
@@ -122,17 +141,12 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and run one due job; false when none was due."""
-        try:
-            with self.session_factory.begin() as session:
-                job_id = repository.claim(
-                    session, worker_id=self.worker_id, kinds=self.registry.kinds
-                )
-                job = repository.get(session, job_id) if job_id else None
-                if job is None:
-                    return False
-                kind, payload, attempt = job.kind, dict(job.payload), job.attempts
-        except WorkerStopping:
-            return False
+        with self.session_factory.begin() as session:
+            job_id = repository.claim(session, worker_id=self.worker_id, kinds=self.registry.kinds)
+            job = repository.get(session, job_id) if job_id else None
+            if job is None:
+                return False
+            kind, payload, attempt = job.kind, dict(job.payload), job.attempts
         log.info("jobs.job.claimed", extra={"job_id": job_id, "kind": kind, "attempt": attempt})
         self._run(job.id, kind, payload, attempt)
         return True
@@ -158,7 +172,11 @@ class Worker:
             heartbeat = _Heartbeat(self, ctx)
             heartbeat.start()
             try:
-                result = job_kind.handler(ctx)
+                self._in_handler = True
+                try:
+                    result = job_kind.handler(ctx)
+                finally:
+                    self._in_handler = False
                 finished = repository.finish(
                     session,
                     job_id=job_id,
@@ -209,7 +227,9 @@ class Worker:
             job = repository.get(session, job_id)
             if job is None or job.lease_owner != self.worker_id:
                 return
-            if retry and job.attempts < job.max_attempts:
+            if job.state == JobState.CANCELLING:
+                outcome = JobState.CANCELLED  # the caller asked it to stop: no retry
+            elif retry and job.attempts < job.max_attempts:
                 run_after = utcnow() + repository.backoff(
                     self.settings.job_retry_backoff_seconds, job.attempts
                 )
@@ -225,7 +245,13 @@ class Worker:
                     extra={"job_id": job_id, "kind": kind, "attempt": job.attempts, "error": error},
                 )
                 return
-        self._end(job_id, JobState.FAILED, started, error=error)
+            else:
+                outcome = JobState.FAILED
+        if outcome == JobState.CANCELLED:
+            self._end(job_id, outcome, started, error=service.CANCELLED_STATUS)
+            log.info("jobs.job.cancelled", extra={"job_id": job_id, "kind": kind})
+            return
+        self._end(job_id, outcome, started, error=error)
         log.error("jobs.job.failed", extra={"job_id": job_id, "kind": kind, "error": error})
 
     def _end(

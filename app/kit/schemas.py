@@ -18,7 +18,7 @@ class ErrorStatus(ApiModel):
     code: int = Field(description="The HTTP status code.")
     status: str = Field(description="The canonical Google status name, e.g. NOT_FOUND.")
     message: str
-    details: list[dict[str, Any]] = Field(default_factory=list)
+    details: list[dict[str, Any]] = Field(description="Typed details, e.g. google.rpc.BadRequest.")
 
 
 class ErrorBody(ApiModel):

@@ -1,8 +1,10 @@
-"""Render every error in Google's JSON shape: ours, FastAPI's validation, Starlette's HTTP."""
+"""Render every error in Google's JSON shape: ours, FastAPI's validation, Starlette's HTTP.
+
+Bugs (any other exception) are answered by RequestContextMiddleware, which knows the
+request id and sends the same shape.
+"""
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,9 +12,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError, InvalidInput
-from app.kit.logs import request_id_var
-
-log = logging.getLogger(__name__)
 
 _HTTP_STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -77,15 +76,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
-    # A bug: log it whole, answer in the usual shape with the id that finds the log line.
-    # Starlette re-raises it afterwards, so the server logs it too; nothing is swallowed.
-    log.error("http.request.unhandled", exc_info=exc)
-    return _json(500, "INTERNAL", f"internal error; request id {request_id_var.get()}")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unhandled)

@@ -33,10 +33,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
+            nonlocal started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
@@ -44,6 +47,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug. Log it whole and answer in the usual shape with the id that finds the
+            # log line, then re-raise so the server (and a test client) sees it too.
+            log.exception("http.request.unhandled", extra={"path": scope["path"]})
+            if not started_response:
+                await _send_error(
+                    send, 500, "INTERNAL", f"internal error; request id {request_id}", request_id
+                )
+            raise
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -87,7 +99,7 @@ class BodyLimitMiddleware:
 
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_too_large(send, message)
+            await _send_error(send, 413, "OUT_OF_RANGE", message)
             return
 
         received = 0
@@ -104,19 +116,19 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-async def _send_too_large(send: Send, message: str) -> None:
+async def _send_error(
+    send: Send, code: int, status: str, message: str, request_id: str | None = None
+) -> None:
+    """Google's error body, sent from middleware where no exception handler can help."""
     body = json.dumps(
-        {"error": {"code": 413, "status": "OUT_OF_RANGE", "message": message, "details": []}}
+        {"error": {"code": code, "status": status, "message": message, "details": []}}
     ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if request_id:
+        headers.append((REQUEST_ID_HEADER, request_id.encode()))
+    await send({"type": "http.response.start", "status": code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -57,7 +57,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs')),
     sa.UniqueConstraint('dedupe_key', name=op.f('uq_jobs_dedupe_key'))
     )
-    op.create_index('ix_jobs_claim', 'jobs', ['state', 'run_after'])
+    op.create_index('ix_jobs_claim', 'jobs', ['state', 'run_after', 'created_at'])
     op.create_index('ix_jobs_created', 'jobs', ['created_at', 'id'])
     op.create_index('ix_jobs_state_heartbeat', 'jobs', ['state', 'heartbeat_at'])
 

@@ -309,3 +309,28 @@ def test_two_workers_never_claim_the_same_job(settings, session_factory):
 def test_payload_must_be_small(session_factory):
     with session_factory() as session, pytest.raises(ValueError, match="pass ids"):
         service.enqueue(session, kind="noop", payload={"blob": "x" * 10_000})
+
+
+def test_a_cancelled_job_that_then_fails_ends_cancelled_not_retried(settings, session_factory):
+    registry = JobRegistry()
+    started = threading.Event()
+    release = threading.Event()
+
+    def fails_after_cancel(ctx: JobContext) -> None:
+        started.set()
+        release.wait(10)
+        raise RuntimeError("crashed while being cancelled")
+
+    registry.register("fragile", fails_after_cancel)
+    job_id = enqueue(session_factory, "fragile", max_attempts=3)
+    thread = threading.Thread(target=make_worker(settings, session_factory, registry).run_once)
+    thread.start()
+    assert started.wait(5)
+    with session_factory.begin() as session:
+        service.cancel(session, job_id=job_id)
+    release.set()
+    thread.join(10)
+    job = load(session_factory, job_id)
+    assert job.state == JobState.CANCELLED
+    assert job.attempts == 1
+    assert job.lease_owner is None

@@ -1,0 +1,1 @@
+"""Datasets: import (AutoML/Vertex CSV, JSONL, zip, gs://), images and boxes, stats, export."""

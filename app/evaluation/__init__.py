@@ -1,0 +1,1 @@
+"""Evaluations: Vertex-shaped metrics, the confidence/IoU slider, confusion matrices."""

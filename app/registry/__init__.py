@@ -1,0 +1,1 @@
+"""The model registry: versions, publishing, Firebase ML's shape, mobile download."""

@@ -1,0 +1,1 @@
+"""Training jobs: budgets, early stopping, local and Vertex AI backends."""

@@ -1,0 +1,1 @@
+"""Benchmarks: slow, noisy measurements printed as ratios against a same-run baseline."""
