@@ -10,7 +10,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall only when the project's requirements change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
