@@ -130,3 +130,29 @@ def test_job_of_a_killed_worker_is_reclaimed_and_finished_by_another(
         assert job.attempts == 2
         assert job.result == {"pid": finishers[0]}
         assert job.last_error is not None and str(victim.pid) in job.last_error["message"]
+
+
+def test_sigterm_hands_a_running_job_back_and_exits_cleanly(
+    database_url, session_factory, tmp_path
+):
+    pool = WorkerPool(database_url, tmp_path / "record.log")
+    with session_factory.begin() as session:
+        job_id = service.enqueue(session, kind="test.record", payload={"sleepSeconds": 30}).id
+    pool.start(1)
+    try:
+        record_file = tmp_path / "record.log"
+        deadline = time.monotonic() + 30
+        while not (record_file.exists() and record_file.read_text()):
+            assert time.monotonic() < deadline, "the worker never started the job"
+            time.sleep(0.05)
+        worker = pool.processes[0]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0
+    finally:
+        pool.stop()
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.state == JobState.QUEUED
+        assert job.attempts == 0, "a handed-back job does not lose an attempt"
+        assert job.lease_owner is None
