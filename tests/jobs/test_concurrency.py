@@ -81,6 +81,13 @@ def wait_until_done(session_factory: sessionmaker[Session], total: int, timeout:
     raise AssertionError(f"only {done} of {total} jobs succeeded in {timeout}s")
 
 
+def wait_for_first_start(record_file: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not (record_file.exists() and record_file.read_text()):
+        assert time.monotonic() < deadline, "no worker started the job"
+        time.sleep(0.05)
+
+
 def read_records(path: Path) -> list[tuple[str, int, str]]:
     rows = [line.split() for line in path.read_text().splitlines()]
     return [(job_id, int(pid), event) for job_id, pid, event in rows]
@@ -110,10 +117,7 @@ def test_job_of_a_killed_worker_is_reclaimed_and_finished_by_another(
         job_id = service.enqueue(session, kind="test.record", payload={"sleepSeconds": 3}).id
     pool.start(1)
     record_file = tmp_path / "record.log"
-    deadline = time.monotonic() + 30
-    while not (record_file.exists() and record_file.read_text()):
-        assert time.monotonic() < deadline, "the first worker never started the job"
-        time.sleep(0.05)
+    wait_for_first_start(record_file)
     victim = pool.processes[0]
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
@@ -140,11 +144,7 @@ def test_sigterm_hands_a_running_job_back_and_exits_cleanly(
         job_id = service.enqueue(session, kind="test.record", payload={"sleepSeconds": 30}).id
     pool.start(1)
     try:
-        record_file = tmp_path / "record.log"
-        deadline = time.monotonic() + 30
-        while not (record_file.exists() and record_file.read_text()):
-            assert time.monotonic() < deadline, "the worker never started the job"
-            time.sleep(0.05)
+        wait_for_first_start(tmp_path / "record.log")
         worker = pool.processes[0]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(15) == 0
