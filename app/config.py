@@ -9,10 +9,13 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.kit.blobs import BlobStore
 
 DEFAULT_DATA_DIR = Path("data")
 
@@ -45,6 +48,22 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     max_json_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     default_page_size: int = Field(default=50, ge=1, le=100)
+
+    import_root: Path | None = Field(
+        default=None, description="Local folder that imports may read image and index files from."
+    )
+    import_allow_https: bool = Field(
+        default=False, description="Allow https:// image URIs (never to private addresses)."
+    )
+    max_image_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=89_478_485, ge=1, description="Decompression-bomb guard.")
+    max_boxes_per_image: int = Field(default=500, ge=1)
+    max_labels: int = Field(default=1000, ge=1)
+    max_archive_bytes: int = Field(
+        default=20 * 1024**3, ge=1024, description="Total uncompressed size a zip may declare."
+    )
+    split_seed: int = Field(default=0, description="Seed of the 80/10/10 split by image.")
+    import_batch_rows: int = Field(default=2000, ge=1)
 
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
@@ -118,3 +137,14 @@ def load_settings(**overrides: Any) -> Settings:
 @lru_cache
 def get_settings() -> Settings:
     return load_settings()
+
+
+def open_settings_blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name (local folder or Cloud Storage)."""
+    from app.kit.blobs import open_blob_store
+
+    return open_blob_store(
+        settings.blob_url,
+        gcs_signing_credentials_file=settings.gcs_signing_credentials_file,
+        gcs_project=settings.gcs_project,
+    )

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, open_settings_blob_store
+from app.datasets.api import router as datasets_router
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
 from app.health.api import router as health_router
 from app.jobs.api import router as operations_router
-from app.kit.blobs import BlobStore, open_blob_store
+from app.kit.blobs import BlobStore
 from app.web.errors import install_error_handlers
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.web.openapi import install_openapi, operation_id
@@ -41,15 +42,7 @@ def create_app(
     app.state.session_factory = make_session_factory(engine)
     # The code's schema head cannot change while the process runs: read it once.
     app.state.schema_head = migrate.head_revision(settings.database_url)
-    app.state.blobs = blobs or open_blob_store(
-        settings.blob_url,
-        gcs_signing_credentials_file=(
-            str(settings.gcs_signing_credentials_file)
-            if settings.gcs_signing_credentials_file
-            else None
-        ),
-        gcs_project=settings.gcs_project,
-    )
+    app.state.blobs = blobs or open_settings_blob_store(settings)
 
     install_error_handlers(app)
     app.add_middleware(
@@ -61,4 +54,5 @@ def create_app(
 
     app.include_router(health_router)
     app.include_router(operations_router)
+    app.include_router(datasets_router)
     return app

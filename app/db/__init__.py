@@ -5,6 +5,22 @@ Called ``db`` rather than ``models``: in this product a model is a trained detec
 
 from app.db.api_key import ApiKey
 from app.db.base import Base
+from app.db.box import Box
+from app.db.dataset import Dataset
+from app.db.dataset_image import DatasetImage, Split
+from app.db.image import Image
+from app.db.import_row import ImportRow
 from app.db.job import Job, JobState
 
-__all__ = ["ApiKey", "Base", "Job", "JobState"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Box",
+    "Dataset",
+    "DatasetImage",
+    "Image",
+    "ImportRow",
+    "Job",
+    "JobState",
+    "Split",
+]

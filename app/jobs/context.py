@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.kit.blobs import BlobStore
 
 
 class JobInterrupted(Exception):
@@ -46,6 +47,7 @@ class JobContext:
     settings: Settings
     session: Session
     session_factory: sessionmaker[Session]
+    blobs: BlobStore
     _report: Callable[[float, dict[str, Any] | None], None]
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     stop_requested: threading.Event = field(default_factory=threading.Event)

@@ -73,6 +73,11 @@ def run_noop(ctx: JobContext) -> dict[str, Any]:
 
 def default_registry() -> JobRegistry:
     """Every job kind the service runs. Domains add their ``tasks`` here as they arrive."""
+    from app.datasets import service as datasets_service
+    from app.datasets import tasks as datasets_tasks
+
     registry = JobRegistry()
     registry.register(NOOP, run_noop)
+    registry.register(datasets_service.IMPORT_KIND, datasets_tasks.import_dataset)
+    registry.register(datasets_service.COLLECT_ORPHANS_KIND, datasets_tasks.collect_orphans)
     return registry

@@ -19,12 +19,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import Settings
+from app.config import Settings, open_settings_blob_store
 from app.db.job import JobState
 from app.errors import AppError
 from app.jobs import repository, service
 from app.jobs.context import JobCancelled, JobContext, LeaseLost, WorkerStopping
 from app.jobs.registry import JobRegistry
+from app.kit.blobs import BlobStore
 from app.kit.clock import utcnow
 from app.kit.ids import new_id
 
@@ -64,6 +65,7 @@ class Worker:
         registry: JobRegistry,
         worker_id: str | None = None,
         parent_pid: int | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.settings = settings
         self.session_factory = session_factory
@@ -77,6 +79,13 @@ class Worker:
         self._listener: Any = None
         # A worker started by `serve` stops when that process is gone, even after SIGKILL.
         self.parent_pid = parent_pid
+        self._blobs = blobs
+
+    @property
+    def blobs(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = open_settings_blob_store(self.settings)
+        return self._blobs
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,6 +173,7 @@ class Worker:
                 settings=self.settings,
                 session=session,
                 session_factory=self.session_factory,
+                blobs=self.blobs,
                 _report=lambda fraction, details: self._report(job_id, fraction, details),
             )
             if self.stopping.is_set():

@@ -76,6 +76,10 @@ class BlobStore(ABC):
         """Blobs whose key starts with ``prefix`` (a plain string prefix), sorted by key."""
 
     @abstractmethod
+    def uri(self, key: str) -> str:
+        """Where the blob lives, as a URI other tools read: ``gs://bucket/...`` or ``file://...``."""
+
+    @abstractmethod
     def download_url(self, key: str, *, expires_in: timedelta) -> str | None:
         """A URL a client can fetch the blob from, or None: the API streams the bytes itself."""
 

@@ -139,6 +139,9 @@ class GcsBlobStore(BlobStore):
             if key_problem(key) is None:
                 yield self._info(key, blob)
 
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket.name}/{self._name(key)}"
+
     def download_url(self, key: str, *, expires_in: timedelta) -> str | None:
         """A V4 signed GET URL, made locally with the configured service-account key."""
         blob = self._blob(key)

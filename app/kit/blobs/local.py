@@ -130,6 +130,9 @@ class LocalBlobStore(BlobStore):
         start = self._path(folder) if folder else self.root
         return self._walk(start, f"{folder}/" if folder else "", partial)
 
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
     def download_url(self, key: str, *, expires_in: timedelta) -> str | None:
         validate_key(key)
         return None
