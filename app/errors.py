@@ -42,7 +42,14 @@ class AppError(Exception):
 
     def to_rpc_status(self) -> dict[str, Any]:
         """The google.rpc.Status form stored on a failed operation."""
-        return {"code": self.rpc_code, "status": self.status, "message": self.message}
+        status: dict[str, Any] = {
+            "code": self.rpc_code,
+            "status": self.status,
+            "message": self.message,
+        }
+        if self.details:
+            status["details"] = self.details
+        return status
 
 
 class InvalidInput(AppError):

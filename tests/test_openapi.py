@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -218,3 +219,57 @@ def test_generated_client_parses_errors_as_error_body(
     assert answer.parsed.error.code == 404
     assert answer.parsed.error.status == "NOT_FOUND"
     assert "no-such-operation" in answer.parsed.error.message
+
+
+def test_generated_client_manages_datasets_and_images(
+    generated: GeneratedClient, live_server: LiveServer
+) -> None:
+    from tests.datasets.conftest import make_image
+
+    models = generated.models
+    with generated.client(live_server.url) as client:
+        created = generated.endpoint("POST", "/v1/datasets").sync(
+            client=client, body=models.DatasetCreate(display_name="from the client")
+        )
+        assert isinstance(created, models.DatasetRead)
+        assert created.name == f"datasets/{created.id}"
+        assert created.image_count == 0
+
+        upload = generated.endpoint("POST", "/v1/datasets/{datasetId}/images")
+        files = generated.package.types.File(
+            payload=io.BytesIO(make_image(3)), file_name="a.jpg", mime_type="image/jpeg"
+        )
+        result = upload.sync(created.id, client=client, body=models.BodyUploadImages(files=[files]))
+        assert isinstance(result, models.UploadResult)
+        [image] = result.images
+        assert image.labeled is False
+
+        replace = generated.endpoint("PUT", "/v1/datasets/{datasetId}/images/{imageId}/annotations")
+        box = models.BoxIn(label="cat", x_min=0.1, y_min=0.1, x_max=0.5, y_max=0.5)
+        labelled = replace.sync(
+            created.id, image.id, client=client, body=models.AnnotationsReplace(boxes=[box])
+        )
+        assert isinstance(labelled, models.ImageRead)
+        assert [b.label for b in labelled.boxes] == ["cat"]
+
+        content = generated.endpoint("GET", "/v1/datasets/{datasetId}/images/{imageId}:content")
+        answer = content.sync_detailed(created.id, image.id, client=client)
+        assert answer.status_code == 200 and answer.content == make_image(3)
+
+        stats = generated.endpoint("GET", "/v1/datasets/{datasetId}/stats").sync(
+            created.id, client=client
+        )
+        assert isinstance(stats, models.DatasetStats)
+        assert stats.box_count == 1
+
+        bad = replace.sync_detailed(
+            created.id,
+            image.id,
+            client=client,
+            body=models.AnnotationsReplace(
+                boxes=[models.BoxIn(label="cat", x_min=0.6, y_min=0.1, x_max=0.5, y_max=0.5)]
+            ),
+        )
+        assert bad.status_code == 400
+        assert isinstance(bad.parsed, models.ErrorBody)
+        assert bad.parsed.error.status == "INVALID_ARGUMENT"

@@ -55,6 +55,7 @@ router = APIRouter(prefix="/v1", tags=["datasets"])
 DatasetId = Annotated[str, Path(alias="datasetId")]
 ImageId = Annotated[str, Path(alias="imageId")]
 AUTH = (Unauthenticated, PermissionDenied)
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 READ = [Depends(require(Scope.READ))]
 WRITE = [Depends(require(Scope.WRITE))]
 
@@ -139,7 +140,7 @@ def _full_image(session: SessionDep, dataset_image: DatasetImage, image: Image) 
                         },
                     }
                 },
-                "application/json": {"schema": {"$ref": "#/components/schemas/ImportUris"}},
+                "application/json": {"schema": ImportUris.model_json_schema(by_alias=True)},
             },
         }
     },
@@ -185,7 +186,7 @@ async def import_dataset(
     response_class=Response,
     responses={
         200: {
-            "content": {"text/csv": {}, "application/jsonl": {}, "application/zip": {}},
+            "content": {"text/csv": BINARY, "application/jsonl": BINARY, "application/zip": BINARY},
             "description": "The dataset as an AutoML CSV, Vertex JSON Lines, or a zip of "
             "images with labels.csv",
         },
@@ -260,7 +261,7 @@ def _zip_export(session: SessionDep, blobs: BlobStore, *, dataset_id: str, stem:
     dependencies=READ,
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"image/*": {}}, "description": "The image bytes as stored"},
+        200: {"content": {"image/*": BINARY}, "description": "The image bytes as stored"},
         **error_responses(NotFound, *AUTH),
     },
 )
@@ -288,7 +289,10 @@ def get_image_content(
     dependencies=READ,
     response_class=Response,
     responses={
-        200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "Longest side 256"},
+        200: {
+            "content": {"image/jpeg": BINARY, "image/png": BINARY},
+            "description": "Longest side 256",
+        },
         **error_responses(NotFound, *AUTH),
     },
 )

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.datasets import repository, service
 from app.datasets.formats import IndexFileError, IndexRow, RowError, parse_csv, parse_jsonl
 from app.datasets.images import ImageInfo, ImageRejected, inspect_image
+from app.datasets.schemas import ImportResult, RowErrorRead
 from app.datasets.sources import (
     FetchPolicy,
     Location,
@@ -73,6 +74,7 @@ class _Totals:
     error_count: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     new_images: int = 0
+    duplicate_uris: int = 0
 
 
 class Importer:
@@ -102,6 +104,14 @@ class Importer:
     # -- the run ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        except InvalidInput:
+            # A bad file is final (no retry): leave nothing of it behind.
+            self._discard()
+            raise
+
+    def _run(self) -> dict[str, Any]:
         with self.ctx.transaction() as session:
             # A retried import starts clean: rows staged by an earlier attempt go.
             repository.clear_staged(session, self.job_id)
@@ -114,7 +124,6 @@ class Importer:
                 self.sources_done += 1
         self._flush()
         if self.strict and self.totals.error_count:
-            self._discard()
             raise InvalidInput(
                 f"strict import refused: {self.totals.error_count} rows are invalid, "
                 f"first: row {self.totals.errors[0]['row']} {self.totals.errors[0]['field']}: "
@@ -136,19 +145,23 @@ class Importer:
         # Images whose every row was rejected were stored for nothing.
         service.collect_orphans(session, self.blobs, created_by_job_id=self.job_id)
         self._drop_upload()
-        return {
-            "rowsRead": self.totals.rows_read,
-            "importedImageCount": images,
-            "newImageCount": self.totals.new_images,
-            "unlabeledImageCount": unlabeled,
-            "importedBoxCount": boxes,
-            "errorCount": self.totals.error_count,
-            "errors": self.totals.errors,
-            "errorsTruncated": self.totals.error_count > len(self.totals.errors),
-        }
+        return ImportResult(
+            rows_read=self.totals.rows_read,
+            imported_image_count=images,
+            new_image_count=self.totals.new_images,
+            duplicate_uri_count=self.totals.duplicate_uris,
+            unlabeled_image_count=unlabeled,
+            imported_box_count=boxes,
+            error_count=self.totals.error_count,
+            errors=[RowErrorRead(**error) for error in self.totals.errors],
+            errors_truncated=self.totals.error_count > len(self.totals.errors),
+        ).model_dump(by_alias=True)
 
     def _discard(self) -> None:
         """Undo a refused import: staged rows, and images only it had brought."""
+        for row in self.pending_images.values():
+            self.blobs.delete(row["blob_key"])  # stored, but never recorded in a row
+        self.pending_images.clear()
         with self.ctx.transaction() as session:
             repository.clear_staged(session, self.job_id)
         with self.ctx.transaction() as session:
@@ -277,7 +290,9 @@ class Importer:
         else:
             # The same content under another URI is the same image (boxes merge).
             resolved = self.by_sha.get(info.sha256) or _Image(info=info)
-            if info.sha256 not in self.by_sha:
+            if info.sha256 in self.by_sha:
+                self.totals.duplicate_uris += 1
+            else:
                 self.by_sha[info.sha256] = resolved
                 blob_key = service.store_image_bytes(self.blobs, data, info)
                 self.pending_images[info.sha256] = service.image_row(
@@ -287,12 +302,12 @@ class Importer:
         return resolved
 
     def _stage(self, row: IndexRow, base: Location | None, referenced: set[str] | None) -> None:
+        if referenced is not None and isinstance(base, ZipLocation):
+            self._mark_referenced(row.uri, base, referenced)
         image = self._resolve(row.uri, base)
         if image.info is None:
             self._error(row.row, "IMAGE_URI", f"{row.uri}: {image.error}")
             return
-        if referenced is not None and isinstance(base, ZipLocation):
-            self._mark_referenced(row.uri, base, referenced)
         if row.split is not None:
             if image.explicit_split is None:
                 image.explicit_split, image.explicit_row = row.split.value, row.row

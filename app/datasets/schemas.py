@@ -114,6 +114,9 @@ class ImportResult(ApiModel):
     rows_read: int
     imported_image_count: int
     new_image_count: int
+    duplicate_uri_count: int = Field(
+        description="URIs whose bytes equal an image already named: stored once, boxes merged."
+    )
     unlabeled_image_count: int
     imported_box_count: int
     error_count: int

@@ -15,6 +15,7 @@ class OperationError(ApiModel):
     code: int = Field(description="google.rpc.Code number, e.g. 1 CANCELLED, 13 INTERNAL.")
     status: str | None = None
     message: str
+    details: list[dict[str, Any]] | None = None
 
 
 class OperationMetadata(ApiModel):

@@ -32,10 +32,24 @@ def install_openapi(app: FastAPI) -> None:
                 routes=app.routes,
             )
             _rewrite_error_responses(document)
+            _binary_as_format(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _binary_as_format(node: Any) -> None:
+    """Uploads in the OpenAPI 3.0 spelling (``format: binary``) as well as 3.1's
+    ``contentMediaType``, so client generators that know only one make a file field."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "contentMediaType" in node:
+            node.setdefault("format", "binary")
+        for value in node.values():
+            _binary_as_format(value)
+    elif isinstance(node, list):
+        for value in node:
+            _binary_as_format(value)
 
 
 def _rewrite_error_responses(document: dict[str, Any]) -> None:

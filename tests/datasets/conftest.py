@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,25 @@ def make_image(seed: int, *, size: tuple[int, int] = (64, 48), fmt: str = "JPEG"
     out = io.BytesIO()
     image.save(out, format=fmt)
     return out.getvalue()
+
+
+def png_of_zeros(width: int, height: int, *, colour_type: int = 0, bit_depth: int = 1) -> bytes:
+    """A valid PNG of black pixels, a few hundred KB however many pixels it declares.
+
+    Decoding it allocates every pixel, which is what a decompression bomb relies on.
+    """
+    channels = {0: 1, 2: 3}[colour_type]
+    row = b"\0" * (1 + (width * channels * bit_depth + 7) // 8)  # filter byte + pixels
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def make_zip(files: dict[str, bytes | str]) -> bytes:

@@ -4,8 +4,6 @@ import hashlib
 import io
 import os
 import resource
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from app.datasets.images import (
     inspect_image,
     make_thumbnail,
 )
+from tests.datasets.conftest import png_of_zeros
 
 MAX_BYTES = 30_000_000
 ORIENTATION = 0x0112
@@ -58,25 +57,6 @@ def with_orientation(image: Image.Image, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
     return encode(image, "JPEG", exif=exif.tobytes())
-
-
-def png_of_zeros(width: int, height: int, *, colour_type: int = 0, bit_depth: int = 1) -> bytes:
-    """A valid PNG of black pixels, a few hundred KB however many pixels it declares.
-
-    Decoding it allocates every pixel, which is what a decompression bomb relies on.
-    """
-    channels = {0: 1, 2: 3}[colour_type]
-    row = b"\0" * (1 + (width * channels * bit_depth + 7) // 8)  # filter byte + pixels
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 def peak_rss_bytes() -> int:
