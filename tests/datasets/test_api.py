@@ -113,6 +113,8 @@ def test_zip_import_reads_every_csv_variant(client, run_jobs, sample_zip):
     result = operation["response"]
     assert result["rowsRead"] == 7
     assert result["errorCount"] == 0
+    progress = operation["metadata"]["progressDetails"]
+    assert (progress["rowsRead"], progress["imagesStored"], progress["errors"]) == (7, 7, 0)
     assert result["importedImageCount"] == 7
     assert result["unlabeledImageCount"] == 1
     assert result["importedBoxCount"] == 5
