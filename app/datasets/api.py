@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
-import zipfile
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
@@ -16,7 +12,6 @@ from starlette.background import BackgroundTask
 from app.auth.dependencies import require
 from app.auth.service import Scope
 from app.datasets import service
-from app.datasets.formats import ExportImage, write_csv, write_jsonl
 from app.datasets.repository import ImageFilter
 from app.datasets.schemas import (
     AnnotationsReplace,
@@ -203,56 +198,19 @@ def export_dataset(
     dataset = service.get(session, dataset_id=dataset_id)
     stem = f"dataset-{dataset.id}"
     if format == "zip":
-        return _zip_export(session, blobs, dataset_id=dataset_id, stem=stem)
-
-    def uri_for(image: Image) -> str:
-        return blobs.uri(image.blob_key)
-
-    images = list(service.export_images(session, dataset_id=dataset_id, uri_for=uri_for))
-    out = io.StringIO()
-    (write_csv if format == "csv" else write_jsonl)(images, out)
+        path = service.export_zip(session, blobs, dataset_id=dataset_id)
+        return FileResponse(
+            path,
+            media_type="application/zip",
+            filename=f"{stem}.zip",
+            background=BackgroundTask(path.unlink),
+        )
+    text = service.export_index(session, blobs, dataset_id=dataset_id, format=format)
     media = "text/csv" if format == "csv" else "application/jsonl"
     return Response(
-        out.getvalue(),
+        text,
         media_type=f"{media}; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{stem}.{format}"'},
-    )
-
-
-def _zip_export(session: SessionDep, blobs: BlobStore, *, dataset_id: str, stem: str) -> Response:
-    extensions = {
-        "JPEG": "jpg",
-        "PNG": "png",
-        "GIF": "gif",
-        "BMP": "bmp",
-        "ICO": "ico",
-        "WEBP": "webp",
-    }
-    members: dict[str, str] = {}
-
-    def uri_for(image: Image) -> str:
-        name = f"images/{image.sha256}.{extensions.get(image.format, 'img')}"
-        members[name] = image.blob_key
-        return name
-
-    images: list[ExportImage] = list(
-        service.export_images(session, dataset_id=dataset_id, uri_for=uri_for)
-    )
-    spool = tempfile.NamedTemporaryFile(suffix=".zip", delete=False)  # noqa: SIM115 - streamed, then removed
-    with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as archive:
-        index = io.StringIO()
-        write_csv(images, index)
-        archive.writestr("labels.csv", index.getvalue())
-        for name, key in members.items():
-            with blobs.open(key) as source, archive.open(name, "w") as target:
-                while chunk := source.read(1024 * 1024):
-                    target.write(chunk)
-    spool.close()
-    return FileResponse(
-        spool.name,
-        media_type="application/zip",
-        filename=f"{stem}.zip",
-        background=BackgroundTask(os.unlink, spool.name),
     )
 
 

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.datasets import repository
 from app.datasets.formats import Box as IndexBox
-from app.datasets.formats import ExportImage, MlUse, validate_box, validate_label
+from app.datasets.formats import (
+    ExportImage,
+    MlUse,
+    validate_box,
+    validate_label,
+    write_csv,
+    write_jsonl,
+)
 from app.datasets.images import ImageInfo, ImageRejected, inspect_image, make_thumbnail
 from app.datasets.repository import DatasetCounts, ImageFilter
 from app.datasets.schemas import (
@@ -393,10 +406,21 @@ def check_trainable(session: Session, *, dataset_id: str) -> None:
         raise FailedPrecondition("dataset cannot be trained: " + "; ".join(blocking))
 
 
-# -- export ------------------------------------------------------------------------------
+# -- export ----------------------------------------------------------------------------
+
+ZIP_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "ICO": "ico",
+    "WEBP": "webp",
+}
 
 
-def export_images(session: Session, *, dataset_id: str, uri_for: Any) -> Iterator[ExportImage]:
+def export_images(
+    session: Session, *, dataset_id: str, uri_for: Callable[[Image], str]
+) -> Iterator[ExportImage]:
     """The dataset as index entries; ``uri_for(image)`` says how each image is referenced."""
     get(session, dataset_id=dataset_id)
     for dataset_image, image, boxes in repository.iter_export(session, dataset_id):
@@ -408,3 +432,43 @@ def export_images(session: Session, *, dataset_id: str, uri_for: Any) -> Iterato
                 for b in boxes
             ),
         )
+
+
+def export_index(
+    session: Session, blobs: BlobStore, *, dataset_id: str, format: Literal["csv", "jsonl"]
+) -> str:
+    """An AutoML CSV or Vertex JSONL naming each image by its blob store URI."""
+    out = io.StringIO()
+    images = export_images(session, dataset_id=dataset_id, uri_for=lambda i: blobs.uri(i.blob_key))
+    (write_csv if format == "csv" else write_jsonl)(images, out)
+    return out.getvalue()
+
+
+def export_zip(session: Session, blobs: BlobStore, *, dataset_id: str) -> Path:
+    """A zip of the images and a labels.csv naming them by their path inside it.
+
+    Written to a temporary file (the caller removes it): archives of large datasets do not
+    fit in memory.
+    """
+    members: dict[str, str] = {}
+
+    def member_for(image: Image) -> str:
+        name = f"images/{image.sha256}.{ZIP_EXTENSIONS.get(image.format, 'img')}"
+        members[name] = image.blob_key
+        return name
+
+    index = io.StringIO()
+    write_csv(export_images(session, dataset_id=dataset_id, uri_for=member_for), index)
+    handle, name = tempfile.mkstemp(suffix=".zip")
+    os.close(handle)
+    path = Path(name)
+    try:
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr("labels.csv", index.getvalue())
+            for member, key in members.items():
+                with blobs.open(key) as source, archive.open(member, "w") as target:
+                    shutil.copyfileobj(source, target, 1024 * 1024)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
