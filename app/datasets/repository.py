@@ -18,7 +18,7 @@ from app.db.image import Image
 from app.db.import_row import ImportRow
 from app.kit.clock import utcnow
 from app.kit.ids import new_id
-from app.kit.pagination import PageCursor
+from app.kit.pagination import PageCursor, newest_first
 
 UPSERT_CHUNK = 500
 
@@ -49,14 +49,9 @@ def get(session: Session, dataset_id: str) -> Dataset | None:
 
 
 def list_page(session: Session, *, limit: int, after: PageCursor | None) -> Sequence[Dataset]:
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)
-    if after is not None:
-        query = query.where(
-            or_(
-                Dataset.created_at < after.time,
-                and_(Dataset.created_at == after.time, Dataset.id < after.id),
-            )
-        )
+    query = newest_first(
+        select(Dataset), time=Dataset.created_at, id=Dataset.id, after=after, limit=limit
+    )
     return session.scalars(query).all()
 
 
@@ -175,12 +170,14 @@ def list_dataset_images(
     filters: ImageFilter,
 ) -> Sequence[tuple[DatasetImage, Image, int]]:
     box_count = _box_count().label("box_count")
-    query = (
+    query = newest_first(
         select(DatasetImage, Image, box_count)
         .join(Image, Image.id == DatasetImage.image_id)
-        .where(DatasetImage.dataset_id == dataset_id)
-        .order_by(DatasetImage.created_at.desc(), DatasetImage.id.desc())
-        .limit(limit)
+        .where(DatasetImage.dataset_id == dataset_id),
+        time=DatasetImage.created_at,
+        id=DatasetImage.id,
+        after=after,
+        limit=limit,
     )
     if filters.split:
         query = query.where(DatasetImage.split == filters.split)
@@ -194,13 +191,6 @@ def list_dataset_images(
     if filters.label:
         query = query.where(
             exists().where(Box.dataset_image_id == DatasetImage.id, Box.label == filters.label)
-        )
-    if after is not None:
-        query = query.where(
-            or_(
-                DatasetImage.created_at < after.time,
-                and_(DatasetImage.created_at == after.time, DatasetImage.id < after.id),
-            )
         )
     return [(di, image, count) for di, image, count in session.execute(query).all()]
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, case, func, or_, select, text, update
+from sqlalchemy import and_, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
@@ -20,7 +20,7 @@ from sqlalchemy.sql import Executable
 
 from app.db.job import TERMINAL_STATES, Job, JobState
 from app.kit.clock import utcnow
-from app.kit.pagination import PageCursor
+from app.kit.pagination import PageCursor, newest_first
 
 ACTIVE_STATES = (JobState.RUNNING, JobState.CANCELLING)
 NOTIFY_CHANNEL = "edge_automl_jobs"
@@ -81,18 +81,11 @@ def list_page(
     states: Collection[str] = (),
     kinds: Collection[str] = (),
 ) -> Sequence[Job]:
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    query = newest_first(select(Job), time=Job.created_at, id=Job.id, after=after, limit=limit)
     if states:
         query = query.where(Job.state.in_(states))
     if kinds:
         query = query.where(Job.kind.in_(kinds))
-    if after is not None:
-        query = query.where(
-            or_(
-                Job.created_at < after.time,
-                and_(Job.created_at == after.time, Job.id < after.id),
-            )
-        )
     return session.scalars(query).all()
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, and_, or_
+
 from app.errors import InvalidInput
 
 MAX_PAGE_SIZE = 100
@@ -49,6 +51,16 @@ def decode_token(token: str | None, *, filter_key: str = "") -> PageCursor | Non
     if digest != _filter_digest(filter_key):
         raise InvalidInput.field("pageToken", "was issued for a different filter")
     return cursor
+
+
+def newest_first(
+    query: Select[Any], *, time: Any, id: Any, after: PageCursor | None, limit: int
+) -> Select[Any]:
+    """Order a query newest first by (time, id) and start it after ``after``'s position."""
+    query = query.order_by(time.desc(), id.desc()).limit(limit)
+    if after is None:
+        return query
+    return query.where(or_(time < after.time, and_(time == after.time, id < after.id)))
 
 
 def check_page_size(page_size: int | None, *, default: int) -> int:
