@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,9 @@ GOAL_PEAK_RSS_MB = 400.0
 EMULATOR = Path(sys.executable).parent / "gcp-storage-emulator"
 EMULATOR_STARTUP_SECONDS = 30.0
 BUCKET = "import-scale"
+# The emulator's uploads slow down with every object it holds (1,000 images take ~9 s to
+# upload, 3,000 ~75 s), so the gcs variant runs on fewer images.
+DEFAULT_IMAGES = {"local": 10_000, "gcs": 2_000}
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,11 @@ class Source:
 
     name: str
     image_uris: list[str]
+    image_bytes: int
     import_root: Path
     env: dict[str, str]
     # Puts a generated index file where the importer reads it; returns its URI.
-    place_index: Any
+    place_index: Callable[[Path], str]
 
 
 @dataclass
@@ -186,7 +190,7 @@ def write_csv(
 
 def local_source(work: Path, *, images: int, seed: int) -> Source:
     root = work / "import-root"
-    paths, _ = write_images(root / "images", images, seed=seed)
+    paths, size = write_images(root / "images", images, seed=seed)
 
     def place_index(local: Path) -> str:
         return str(local)  # already inside the import root
@@ -194,6 +198,7 @@ def local_source(work: Path, *, images: int, seed: int) -> Source:
     return Source(
         name="local",
         image_uris=[str(path) for path in paths],
+        image_bytes=size,
         import_root=root,
         env={},
         place_index=place_index,
@@ -247,11 +252,12 @@ def gcs_source(work: Path, base_url: str, *, images: int, seed: int) -> Source:
     os.environ["STORAGE_EMULATOR_HOST"] = base_url  # for the client below only
     client = storage.Client(credentials=AnonymousCredentials(), project="bench")
     bucket = client.create_bucket(BUCKET)
-    uris = []
+    uris, size = [], 0
     for index, data in enumerate(make_images(images, seed=seed)):
         key = f"images/{index // 1000:03d}/img{index:05d}.jpg"
         bucket.blob(key).upload_from_string(data, content_type="image/jpeg")
         uris.append(f"gs://{BUCKET}/{key}")
+        size += len(data)
 
     def place_index(local: Path) -> str:
         key = f"index/{local.name}"
@@ -261,6 +267,7 @@ def gcs_source(work: Path, base_url: str, *, images: int, seed: int) -> Source:
     return Source(
         name="gcs-emulator",
         image_uris=uris,
+        image_bytes=size,
         import_root=work / "import-root",
         env={"STORAGE_EMULATOR_HOST": base_url},
         place_index=place_index,
@@ -387,7 +394,8 @@ def import_once(
                 wall_s = time.monotonic() - spawned
                 # Read before stopping: the worker is idle again, and its high-water mark is
                 # the import's peak (one fresh process per run, so no earlier run is in it).
-                peak_kb = proc_status_kb(worker.pid, "VmHWM")
+                # The kernel refreshes VmHWM lazily, so a sampled VmRSS can be above it.
+                peak_kb = max(proc_status_kb(worker.pid, "VmHWM"), *(kb for _, kb in samples))
                 stop_workers([worker])
             finally:
                 if worker.poll() is None:
@@ -503,8 +511,9 @@ LEGEND = (
     "rows_per_s = rows / job_s",
     "# wall_s: spawning the worker until the bench sees the job SUCCEEDED (includes process "
     "start-up and worker_start_s); wall_rows_per_s = rows / wall_s",
-    "# peak_rss_mb: the worker's VmHWM after the import, one fresh process per run; "
-    "idle_rss_mb: its VmHWM once started, before the job",
+    "# peak_rss_mb: the larger of the worker's VmHWM after the import and its VmRSS sampled "
+    f"every {JOB_POLL_SECONDS}s, one fresh process per run; idle_rss_mb: its VmHWM once "
+    "started, before the job",
     "# every run imports into an empty database and blob folder; the larger CSVs name the "
     "same images, so they fetch and store as many images but stage more rows",
 )
@@ -530,7 +539,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_DATABASE_URL,
         help="any database on the PostgreSQL server to use; a scratch one is made per run",
     )
-    parser.add_argument("--images", type=int, default=10_000, help="distinct images")
+    parser.add_argument(
+        "--images",
+        type=int,
+        help=f"distinct images (default {DEFAULT_IMAGES['local']:,}; "
+        f"{DEFAULT_IMAGES['gcs']:,} with --source gcs)",
+    )
     parser.add_argument(
         "--boxes-per-image",
         type=boxes_counts,
@@ -545,6 +559,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.images is None:
+        args.images = DEFAULT_IMAGES[args.source]
     if not args.database_url.startswith("postgresql"):
         parser.error("the import bench runs on PostgreSQL")
     if not 1 <= args.images <= 1 << 16:
@@ -562,7 +578,8 @@ def run(args: argparse.Namespace, stack: ExitStack) -> int:
     else:
         source = local_source(work, images=args.images, seed=args.seed)
     print(
-        f"import_scale.images count={args.images} side={IMAGE_SIDE} source={source.name} "
+        f"import_scale.images count={args.images} side={IMAGE_SIDE} "
+        f"mean_bytes={source.image_bytes / args.images:.0f} source={source.name} "
         f"setup_s={time.monotonic() - started:.2f} work_dir={work}",
         flush=True,
     )
@@ -575,7 +592,10 @@ def run(args: argparse.Namespace, stack: ExitStack) -> int:
         rows, size = write_csv(
             csv_path, source.image_uris, boxes_per_image=boxes_per_image, seed=args.seed
         )
-        print(f"import_scale.csv rows={rows} bytes={size}", flush=True)
+        print(
+            f"import_scale.csv rows={rows} boxes_per_image={boxes_per_image} bytes={size}",
+            flush=True,
+        )
         result = import_once(args.database_url, work, source, csv_path=csv_path, rows=rows)
         results.append(result)
         print(run_line(result), flush=True)

@@ -20,7 +20,7 @@ from app.kit.clock import utcnow
 from app.kit.ids import new_id
 from app.kit.pagination import PageCursor, newest_first
 
-UPSERT_CHUNK = 500
+PAGE_ROWS = 500
 
 
 def _insert(session: Session) -> Any:
@@ -113,12 +113,10 @@ def image_ids_by_sha(session: Session, shas: Iterable[str]) -> dict[str, str]:
 
 def insert_images(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Insert image rows, skipping content that is already stored (same SHA-256)."""
-    insert = _insert(session)
-    for start in range(0, len(rows), UPSERT_CHUNK):
-        chunk = rows[start : start + UPSERT_CHUNK]
-        session.execute(
-            insert(Image).values(chunk).on_conflict_do_nothing(index_elements=["sha256"])
-        )
+    if rows:
+        # Rows as parameters (executemany), not one giant VALUES statement compiled per batch.
+        statement = _insert(session)(Image).on_conflict_do_nothing(index_elements=["sha256"])
+        session.execute(statement, list(rows))
 
 
 def get_image(session: Session, image_id: str) -> Image | None:
@@ -262,7 +260,7 @@ def iter_export(
             .join(Image, Image.id == DatasetImage.image_id)
             .where(DatasetImage.dataset_id == dataset_id, DatasetImage.id > last_id)
             .order_by(DatasetImage.id)
-            .limit(UPSERT_CHUNK)
+            .limit(PAGE_ROWS)
         ).all()
         if not page:
             return
@@ -330,8 +328,8 @@ def box_geometry(session: Session, dataset_id: str) -> Iterator[tuple[float, flo
 
 
 def stage_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    for start in range(0, len(rows), UPSERT_CHUNK):
-        session.execute(_insert(session)(ImportRow).values(rows[start : start + UPSERT_CHUNK]))
+    if rows:
+        session.execute(_insert(session)(ImportRow), list(rows))
 
 
 def clear_staged(session: Session, job_id: str) -> None:
@@ -372,8 +370,8 @@ def publish_staged(session: Session, *, job_id: str, dataset_id: str) -> tuple[i
         for image_id, explicit, assigned, labeled, source_uri in per_image
     ]
     insert = _insert(session)
-    for start in range(0, len(values), UPSERT_CHUNK):
-        statement = insert(DatasetImage).values(values[start : start + UPSERT_CHUNK])
+    if values:
+        statement = insert(DatasetImage)
         excluded = statement.excluded
         statement = statement.on_conflict_do_update(
             index_elements=["dataset_id", "image_id"],
@@ -387,7 +385,7 @@ def publish_staged(session: Session, *, job_id: str, dataset_id: str) -> tuple[i
                 "updated_at": excluded.updated_at,
             },
         )
-        session.execute(statement)
+        session.execute(statement, values)
 
     boxes = (
         insert(Box)
