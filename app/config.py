@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     )
     split_seed: int = Field(default=0, description="Seed of the 80/10/10 split by image.")
     import_batch_rows: int = Field(default=2000, ge=1)
+    import_fetch_threads: int = Field(
+        default=4, ge=1, le=64, description="Images an import reads and stores at once."
+    )
 
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)

@@ -8,10 +8,12 @@ split, box count) are kept, which are bounded by the number of distinct images.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,7 @@ class Importer:
             max_bytes=self.settings.max_image_bytes,
         )
         self.totals = _Totals()
+        self.pool = ThreadPoolExecutor(self.settings.import_fetch_threads, "import-fetch")
         self.images: dict[tuple[str, str], _Image] = {}
         self.by_sha: dict[str, _Image] = {}
         self.pending_images: dict[str, dict[str, Any]] = {}
@@ -105,7 +108,8 @@ class Importer:
 
     def run(self) -> dict[str, Any]:
         try:
-            return self._run()
+            with self.pool:
+                return self._run()
         except InvalidInput:
             # A bad file is final (no retry): leave nothing of it behind.
             self._discard()
@@ -227,9 +231,13 @@ class Importer:
                         )
             except SourceError as exc:
                 raise InvalidInput(str(exc)) from None
-            for member in archive.image_members():
-                if member not in referenced:
+            extras = [m for m in archive.image_members() if m not in referenced]
+            for start in range(0, len(extras), self.settings.import_batch_rows):
+                window = extras[start : start + self.settings.import_batch_rows]
+                self._prefetch([(member, archive) for member in window])
+                for member in window:
                     self._stage_unlabeled(member, archive)
+                self._flush()
 
     def _import_index(self, local: Path, name: str, base: Location | None) -> None:
         with local.open("rb") as stream:
@@ -249,16 +257,18 @@ class Importer:
         head = reader.peek(64).lstrip(b"\xef\xbb\xbf \t\r\n")
         parse = parse_jsonl if head.startswith(b"{") else parse_csv
         try:
-            for item in parse(reader, max_boxes_per_image=self.settings.max_boxes_per_image):
-                self.totals.rows_read += 1
-                if isinstance(item, RowError):
-                    self._error(item.row, item.field, item.message)
-                    if item.uri and referenced is not None and isinstance(base, ZipLocation):
-                        self._mark_referenced(item.uri, base, referenced)
-                else:
-                    self._stage(item, base, referenced)
-                if len(self.pending_rows) >= self.settings.import_batch_rows:
-                    self._flush()
+            rows = parse(reader, max_boxes_per_image=self.settings.max_boxes_per_image)
+            while window := list(itertools.islice(rows, self.settings.import_batch_rows)):
+                self._prefetch([(i.uri, base) for i in window if isinstance(i, IndexRow)])
+                for item in window:
+                    self.totals.rows_read += 1
+                    if isinstance(item, RowError):
+                        self._error(item.row, item.field, item.message)
+                        if item.uri and referenced is not None and isinstance(base, ZipLocation):
+                            self._mark_referenced(item.uri, base, referenced)
+                    else:
+                        self._stage(item, base, referenced)
+                self._flush()
         except IndexFileError as exc:
             raise InvalidInput(f"{name}: {exc}") from None
         finally:
@@ -271,11 +281,16 @@ class Importer:
         if len(self.totals.errors) < MAX_REPORTED_ERRORS:
             self.totals.errors.append({"row": row, "field": field_name, "message": message})
 
-    def _resolve(self, ref: str, base: Location | None) -> _Image:
-        key = (base.describe() if base else "", ref)
-        known = self.images.get(key)
-        if known is not None:
-            return known
+    @staticmethod
+    def _key(ref: str, base: Location | None) -> tuple[str, str]:
+        return (base.describe() if base else "", ref)
+
+    def _fetch(self, ref: str, base: Location | None) -> tuple[ImageInfo | None, str]:
+        """Read, check and store one image: (info, blob key) or (None, why not).
+
+        Runs on the fetch threads: it touches nothing shared but the blob store, whose
+        content-addressed writes are idempotent.
+        """
         try:
             data = fetch(
                 ref, base=base, policy=self.policy, max_bytes=self.settings.max_image_bytes
@@ -286,20 +301,42 @@ class Importer:
                 max_pixels=self.settings.max_image_pixels,
             )
         except (SourceError, ImageRejected) as exc:
-            resolved = _Image(error=str(exc))
-        else:
+            return None, str(exc)
+        # Not durable yet: _flush syncs the store once per batch, before the rows commit.
+        return info, service.store_image_bytes(self.blobs, data, info, durable=False)
+
+    def _remember(self, key: tuple[str, str], info: ImageInfo | None, outcome: str) -> _Image:
+        if info is None:
+            resolved = _Image(error=outcome)
+        elif info.sha256 in self.by_sha:
             # The same content under another URI is the same image (boxes merge).
-            resolved = self.by_sha.get(info.sha256) or _Image(info=info)
-            if info.sha256 in self.by_sha:
-                self.totals.duplicate_uris += 1
-            else:
-                self.by_sha[info.sha256] = resolved
-                blob_key = service.store_image_bytes(self.blobs, data, info)
-                self.pending_images[info.sha256] = service.image_row(
-                    info, key=blob_key, job_id=self.job_id
-                )
+            resolved = self.by_sha[info.sha256]
+            self.totals.duplicate_uris += 1
+        else:
+            resolved = self.by_sha[info.sha256] = _Image(info=info)
+            self.pending_images[info.sha256] = service.image_row(
+                info, key=outcome, job_id=self.job_id
+            )
         self.images[key] = resolved
         return resolved
+
+    def _prefetch(self, refs: list[tuple[str, Location | None]]) -> None:
+        """Fetch the images a window of rows names, several at a time (I/O-bound)."""
+        wanted: dict[tuple[str, str], tuple[str, Location | None]] = {}
+        for ref, base in refs:
+            key = self._key(ref, base)
+            if key not in self.images:
+                wanted[key] = (ref, base)
+        results = self.pool.map(lambda item: self._fetch(*item), wanted.values())
+        for key, (info, outcome) in zip(wanted, results, strict=True):
+            self._remember(key, info, outcome)
+
+    def _resolve(self, ref: str, base: Location | None) -> _Image:
+        key = self._key(ref, base)
+        known = self.images.get(key)
+        if known is not None:
+            return known
+        return self._remember(key, *self._fetch(ref, base))
 
     def _stage(self, row: IndexRow, base: Location | None, referenced: set[str] | None) -> None:
         if referenced is not None and isinstance(base, ZipLocation):
@@ -365,6 +402,8 @@ class Importer:
         """Commit one batch: new image rows and the staged rows that refer to them."""
         if not self.pending_rows and not self.pending_images:
             return
+        # The batch's image files reach the disk before any row that names them commits.
+        self.blobs.sync()
         with self.ctx.transaction() as session:
             new_rows = list(self.pending_images.values())
             known = repository.image_ids_by_sha(session, self.pending_images)

@@ -74,11 +74,15 @@ def assigned_split(sha256: str, *, seed: int) -> Split:
     return Split.VALIDATION if bucket < 90 else Split.TEST
 
 
-def store_image_bytes(blobs: BlobStore, data: bytes, info: ImageInfo) -> str:
+def store_image_bytes(
+    blobs: BlobStore, data: bytes, info: ImageInfo, *, durable: bool = True
+) -> str:
     """Store image bytes once under their hash (content-addressed, so a rewrite is a no-op)."""
     key = image_key(info.sha256)
     if not blobs.exists(key):
-        blobs.put(key, data, content_type=info.mime_type)
+        # No content type: the images row keeps it, and the local store would spend a second
+        # file (and fsync) per image on it.
+        blobs.put(key, data, durable=durable)
     return key
 
 

@@ -85,7 +85,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('import_rows', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_import_rows_image_id'), ['image_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_import_rows_job_id'), ['job_id'], unique=False)
+        batch_op.create_index('ix_import_rows_job_image', ['job_id', 'image_id'], unique=False)
 
     op.create_table('boxes',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -112,7 +112,7 @@ def downgrade() -> None:
 
     op.drop_table('boxes')
     with op.batch_alter_table('import_rows', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_import_rows_job_id'))
+        batch_op.drop_index('ix_import_rows_job_image')
         batch_op.drop_index(batch_op.f('ix_import_rows_image_id'))
 
     op.drop_table('import_rows')

@@ -86,6 +86,16 @@ def test_put_replaces_the_bytes_and_content_type(store: BlobStore) -> None:
     assert (info.size, info.content_type) == (6, "text/markdown")
 
 
+def test_a_write_without_waiting_for_the_disk_is_whole_and_sync_makes_it_durable(
+    store: BlobStore,
+) -> None:
+    infos = [store.put(f"bulk/{i}", bytes([i]) * 100, durable=False) for i in range(5)]
+    store.sync()
+    assert [info.size for info in infos] == [100] * 5
+    assert [store.get(f"bulk/{i}") for i in range(5)] == [bytes([i]) * 100 for i in range(5)]
+    assert keys(store, "bulk/") == [f"bulk/{i}" for i in range(5)]
+
+
 def test_exists_and_stat(store: BlobStore) -> None:
     assert not store.exists("a/b.csv")
 

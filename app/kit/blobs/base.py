@@ -50,8 +50,23 @@ class BlobStore(ABC):
     url: str  # the URL the store was opened from
 
     @abstractmethod
-    def put(self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None) -> BlobInfo:
-        """Store ``data`` under ``key``, replacing any blob there; readers never see a part."""
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        content_type: str | None = None,
+        durable: bool = True,
+    ) -> BlobInfo:
+        """Store ``data`` under ``key``, replacing any blob there; readers never see a part.
+
+        ``durable=False`` skips waiting for the disk; call :meth:`sync` before recording
+        the key anywhere that must survive a crash (bulk imports write thousands at once).
+        """
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make every earlier ``durable=False`` write durable (a no-op where all writes are)."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:

@@ -90,7 +90,15 @@ class GcsBlobStore(BlobStore):
             signing_credentials=signing,
         )
 
-    def put(self, key: str, data: bytes | BinaryIO, *, content_type: str | None = None) -> BlobInfo:
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        content_type: str | None = None,
+        durable: bool = True,
+    ) -> BlobInfo:
+        # An upload is durable once it completes: ``durable`` changes nothing here.
         blob = self._blob(key, chunk_size=CHUNK_SIZE)
         if isinstance(data, bytes | bytearray | memoryview):
             # Up to 8 MiB goes in one multipart request, anything larger resumably.
@@ -138,6 +146,9 @@ class GcsBlobStore(BlobStore):
             # Skip "folder/" placeholders that consoles create: no key can name them.
             if key_problem(key) is None:
                 yield self._info(key, blob)
+
+    def sync(self) -> None:
+        """Nothing to do: every completed upload is already durable."""
 
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket.name}/{self._name(key)}"
