@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint pytest openapi bench-queue clean
+.PHONY: serve test lint pytest openapi bench-queue bench-import clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ openapi: $(VENV)/.installed
 
 bench-queue: $(VENV)/.installed-dev
 	$(BIN)/python bench/queue.py
+
+bench-import: $(VENV)/.installed-dev
+	$(BIN)/python bench/import_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
