@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
@@ -148,10 +149,9 @@ async def import_dataset(
     if content_type == "multipart/form-data":
         form = await request.form()
         upload = form.get("file")
-        if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
+        if not isinstance(upload, StarletteUploadFile):
             raise InvalidInput.field("file", "a multipart field 'file' with the CSV, JSONL or zip")
         strict = str(form.get("strict", "false")).lower() in {"true", "1", "yes"}
-        assert upload is not None and not isinstance(upload, str)
         job_id = service.start_import_upload(
             session,
             blobs,
