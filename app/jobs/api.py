@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
+from app.db.job import JobState
 from app.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -38,13 +39,15 @@ def list_operations(
     settings: SettingsDep,
     page_size: Annotated[int | None, Query(alias="pageSize")] = None,
     page_token: Annotated[str | None, Query(alias="pageToken")] = None,
-    state: Annotated[list[str], Query(description="Only operations in these states.")] = [],  # noqa: B006 - FastAPI copies defaults
+    state: Annotated[list[JobState], Query(description="Only operations in these states.")] = [],  # noqa: B006 - FastAPI copies defaults
 ) -> OperationList:
     """List operations, newest first."""
-    filter_key = ",".join(sorted(state))
+    filter_key = ",".join(sorted(s.value for s in state))
     size = check_page_size(page_size, default=settings.default_page_size)
     after = decode_token(page_token, filter_key=filter_key)
-    jobs, cursor = service.list_jobs(session, page_size=size, after=after, states=state)
+    jobs, cursor = service.list_jobs(
+        session, page_size=size, after=after, states=[s.value for s in state]
+    )
     return OperationList(
         operations=[OperationRead.from_job(job) for job in jobs],
         next_page_token=encode_token(cursor, filter_key=filter_key) if cursor else None,
