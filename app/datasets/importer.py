@@ -33,7 +33,7 @@ from app.datasets.sources import (
     fetch_to,
     location_of,
 )
-from app.errors import InvalidInput
+from app.errors import AppError, InvalidInput
 from app.jobs.context import JobContext
 from app.kit.blobs import BlobStore
 
@@ -110,9 +110,12 @@ class Importer:
         try:
             with self.pool:
                 return self._run()
-        except InvalidInput:
-            # A bad file is final (no retry): leave nothing of it behind.
-            self._discard()
+        except Exception as exc:
+            # A bad file or a vanished dataset is final (no retry), and so is a crash on the
+            # last try: then nothing of this import may linger. Other crashes start afresh.
+            permanent = isinstance(exc, AppError) and exc.status_code < 500
+            if permanent or self.ctx.last_attempt:
+                self._discard()
             raise
 
     def _run(self) -> dict[str, Any]:

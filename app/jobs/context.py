@@ -44,6 +44,7 @@ class JobContext:
     kind: str
     payload: dict[str, Any]
     attempt: int
+    max_attempts: int
     settings: Settings
     session: Session
     session_factory: sessionmaker[Session]
@@ -52,6 +53,11 @@ class JobContext:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     lease_lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def last_attempt(self) -> bool:
+        """Whether a crash now fails the job for good (so the task should clean up)."""
+        return self.attempt >= self.max_attempts
 
     def checkpoint(self) -> None:
         """Stop here if the job was cancelled, reclaimed, or the worker is stopping."""

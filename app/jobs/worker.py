@@ -155,12 +155,15 @@ class Worker:
             job = repository.get(session, job_id) if job_id else None
             if job is None:
                 return False
-            kind, payload, attempt = job.kind, dict(job.payload), job.attempts
+            kind, payload = job.kind, dict(job.payload)
+            attempt, max_attempts = job.attempts, job.max_attempts
         log.info("jobs.job.claimed", extra={"job_id": job_id, "kind": kind, "attempt": attempt})
-        self._run(job.id, kind, payload, attempt)
+        self._run(job.id, kind, payload, attempt, max_attempts)
         return True
 
-    def _run(self, job_id: str, kind: str, payload: dict[str, Any], attempt: int) -> None:
+    def _run(
+        self, job_id: str, kind: str, payload: dict[str, Any], attempt: int, max_attempts: int
+    ) -> None:
         job_kind = self.registry.get(kind)
         assert job_kind is not None, "claim only takes registered kinds"
         started = time.monotonic()
@@ -170,6 +173,7 @@ class Worker:
                 kind=kind,
                 payload=payload,
                 attempt=attempt,
+                max_attempts=max_attempts,
                 settings=self.settings,
                 session=session,
                 session_factory=self.session_factory,

@@ -322,3 +322,18 @@ def test_local_uris_work_only_under_the_import_root(
         (3, "IMAGE_URI"),
     }
     assert [i["sourceUri"] for i in all_images(client, dataset_id)] == ["photos/a.jpg"]
+
+
+def test_import_into_a_dataset_deleted_meanwhile_fails_and_leaves_nothing(
+    client, run_jobs, settings
+):
+    dataset_id = create_dataset(client)
+    archive = make_zip({"good.jpg": jpeg(1), "labels.csv": GOOD_ROW})
+    response = client.post(f"/v1/datasets/{dataset_id}:import", files={"file": ("x.zip", archive)})
+    assert [f for f in blob_files(settings) if f.startswith("imports/")] != []
+    client.delete(f"/v1/datasets/{dataset_id}")
+    run_jobs()
+    operation = client.get(f"/v1/operations/{response.json()['id']}").json()
+    assert operation["metadata"]["state"] == "FAILED"
+    assert operation["error"]["status"] == "NOT_FOUND"
+    assert [f for f in blob_files(settings) if not f.startswith("_")] == []
