@@ -14,7 +14,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -97,6 +96,8 @@ class Importer:
         self.images: dict[tuple[str, str], _Image] = {}
         self.by_sha: dict[str, _Image] = {}
         self.pending_images: dict[str, dict[str, Any]] = {}
+        # Blobs this import wrote itself: the only ones a refused import may delete unrecorded.
+        self.written_blobs: set[str] = set()
         self.pending_rows: list[dict[str, Any]] = []
         self.labels: set[str] = set()
         self.sources_total = 1
@@ -124,9 +125,8 @@ class Importer:
             repository.clear_staged(session, self.job_id)
             service.get(session, dataset_id=self.dataset_id)
             self.labels = set(repository.labels_of(session, self.dataset_id))
-        with ExitStack() as stack:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="import-")))
-            for source in self._sources(scratch):
+        with tempfile.TemporaryDirectory(prefix="import-") as scratch_dir:
+            for source in self._sources(Path(scratch_dir)):
                 self._import_source(*source)
                 self.sources_done += 1
         self._flush()
@@ -166,8 +166,12 @@ class Importer:
 
     def _discard(self) -> None:
         """Undo a refused import: staged rows, and images only it had brought."""
-        for row in self.pending_images.values():
-            self.blobs.delete(row["blob_key"])  # stored, but never recorded in a row
+        unrecorded = {row["blob_key"] for row in self.pending_images.values()}
+        with self.ctx.transaction() as session:
+            # Another import may have recorded the same content meanwhile: keep those.
+            recorded = repository.recorded_blob_keys(session, unrecorded)
+        for key in (unrecorded & self.written_blobs) - recorded:
+            self.blobs.delete(key)
         self.pending_images.clear()
         with self.ctx.transaction() as session:
             repository.clear_staged(session, self.job_id)
@@ -306,7 +310,10 @@ class Importer:
         except (SourceError, ImageRejected) as exc:
             return None, str(exc)
         # Not durable yet: _flush syncs the store once per batch, before the rows commit.
-        return info, service.store_image_bytes(self.blobs, data, info, durable=False)
+        key, wrote = service.store_image_bytes(self.blobs, data, info, durable=False)
+        if wrote:
+            self.written_blobs.add(key)  # set.add is atomic under the GIL
+        return info, key
 
     def _remember(self, key: tuple[str, str], info: ImageInfo | None, outcome: str) -> _Image:
         if info is None:

@@ -134,6 +134,13 @@ def orphan_images(session: Session, *, created_by_job_id: str | None = None) -> 
     return session.scalars(query).all()
 
 
+def recorded_blob_keys(session: Session, keys: Iterable[str]) -> set[str]:
+    keys = list(keys)
+    if not keys:
+        return set()
+    return set(session.scalars(select(Image.blob_key).where(Image.blob_key.in_(keys))))
+
+
 def delete_images(session: Session, image_ids: Sequence[str]) -> None:
     if image_ids:
         session.execute(delete(Image).where(Image.id.in_(image_ids)))

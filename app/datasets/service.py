@@ -76,14 +76,15 @@ def assigned_split(sha256: str, *, seed: int) -> Split:
 
 def store_image_bytes(
     blobs: BlobStore, data: bytes, info: ImageInfo, *, durable: bool = True
-) -> str:
-    """Store image bytes once under their hash (content-addressed, so a rewrite is a no-op)."""
+) -> tuple[str, bool]:
+    """Store image bytes once under their hash; (key, whether this call wrote them)."""
     key = image_key(info.sha256)
-    if not blobs.exists(key):
-        # No content type: the images row keeps it, and the local store would spend a second
-        # file (and fsync) per image on it.
-        blobs.put(key, data, durable=durable)
-    return key
+    if blobs.exists(key):
+        return key, False
+    # No content type: the images row keeps it, and the local store would spend a second
+    # file (and fsync) per image on it.
+    blobs.put(key, data, durable=durable)
+    return key, True
 
 
 def image_row(info: ImageInfo, *, key: str, job_id: str | None) -> dict[str, Any]:
@@ -360,7 +361,7 @@ def upload_images(
         except ImageRejected as exc:
             errors.append(UploadError(file=upload.filename, message=str(exc)))
             continue
-        key = store_image_bytes(blobs, upload.data, info)
+        key, _ = store_image_bytes(blobs, upload.data, info)
         repository.insert_images(session, [image_row(info, key=key, job_id=None)])
         image_id = repository.image_ids_by_sha(session, [info.sha256])[info.sha256]
         dataset_image = repository.find_dataset_image(

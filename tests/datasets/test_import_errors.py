@@ -337,3 +337,22 @@ def test_import_into_a_dataset_deleted_meanwhile_fails_and_leaves_nothing(
     assert operation["metadata"]["state"] == "FAILED"
     assert operation["error"]["status"] == "NOT_FOUND"
     assert [f for f in blob_files(settings) if not f.startswith("_")] == []
+
+
+def test_a_refused_import_never_removes_images_other_datasets_use(client, run_jobs, settings):
+    shared = jpeg(1)
+    kept = create_dataset(client, "kept")
+    import_file(client, run_jobs, kept, make_zip({"good.jpg": shared, "labels.csv": GOOD_ROW}))
+    [image] = all_images(client, kept)
+    refused_file = make_zip(
+        {
+            "good.jpg": shared,
+            "labels.csv": f"{GOOD_ROW}\nTRAIN,good.jpg,cat,0.9,0.1,,,0.5,0.5,,\n",
+        }
+    )
+    other = create_dataset(client, "other")
+    operation = import_file(client, run_jobs, other, refused_file, strict=True)
+    assert operation["metadata"]["state"] == "FAILED"
+    content = client.get(f"/v1/datasets/{kept}/images/{image['id']}:content")
+    assert content.status_code == 200 and content.content == shared
+    assert len(stored_images(settings)) == 1
