@@ -205,12 +205,13 @@ def export_dataset(
             filename=f"{stem}.zip",
             background=BackgroundTask(path.unlink),
         )
-    text = service.export_index(session, blobs, dataset_id=dataset_id, format=format)
+    path = service.export_index(session, blobs, dataset_id=dataset_id, format=format)
     media = "text/csv" if format == "csv" else "application/jsonl"
-    return Response(
-        text,
+    return FileResponse(
+        path,
         media_type=f"{media}; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{stem}.{format}"'},
+        filename=f"{stem}.{format}",
+        background=BackgroundTask(path.unlink),
     )
 
 

@@ -441,12 +441,24 @@ def export_images(
 
 def export_index(
     session: Session, blobs: BlobStore, *, dataset_id: str, format: Literal["csv", "jsonl"]
-) -> str:
-    """An AutoML CSV or Vertex JSONL naming each image by its blob store URI."""
-    out = io.StringIO()
+) -> Path:
+    """An AutoML CSV or Vertex JSONL naming each image by its blob store URI, written to a
+    temporary file (the caller removes it) so a large dataset never sits in memory."""
     images = export_images(session, dataset_id=dataset_id, uri_for=lambda i: blobs.uri(i.blob_key))
-    (write_csv if format == "csv" else write_jsonl)(images, out)
-    return out.getvalue()
+    path = _scratch_file(f".{format}")
+    try:
+        with path.open("w", encoding="utf-8", newline="") as out:
+            (write_csv if format == "csv" else write_jsonl)(images, out)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _scratch_file(suffix: str) -> Path:
+    handle, name = tempfile.mkstemp(suffix=suffix)
+    os.close(handle)
+    return Path(name)
 
 
 def export_zip(session: Session, blobs: BlobStore, *, dataset_id: str) -> Path:
@@ -464,9 +476,7 @@ def export_zip(session: Session, blobs: BlobStore, *, dataset_id: str) -> Path:
 
     index = io.StringIO()
     write_csv(export_images(session, dataset_id=dataset_id, uri_for=member_for), index)
-    handle, name = tempfile.mkstemp(suffix=".zip")
-    os.close(handle)
-    path = Path(name)
+    path = _scratch_file(".zip")
     try:
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
             archive.writestr("labels.csv", index.getvalue())
