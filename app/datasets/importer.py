@@ -35,6 +35,7 @@ from app.datasets.sources import (
 from app.errors import AppError, InvalidInput
 from app.jobs.context import JobContext
 from app.kit.blobs import BlobStore
+from app.kit.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class Importer:
         images, unlabeled, boxes = repository.publish_staged(
             session, job_id=self.job_id, dataset_id=self.dataset_id
         )
+        repository.touch_dataset(session, self.dataset_id, utcnow())
         # Images whose every row was rejected were stored for nothing.
         service.collect_orphans(session, self.blobs, created_by_job_id=self.job_id)
         self._drop_upload()

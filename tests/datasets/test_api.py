@@ -119,6 +119,7 @@ def test_zip_import_reads_every_csv_variant(client, run_jobs, sample_zip):
     assert result["unlabeledImageCount"] == 1
     assert result["importedBoxCount"] == 5
     dataset = client.get(f"/v1/datasets/{dataset_id}").json()
+    assert dataset["updateTime"] > dataset["createTime"]
     assert dataset["imageCount"] == 7
     assert dataset["labeledImageCount"] == 6
     assert dataset["boxCount"] == 5
