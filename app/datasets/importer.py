@@ -33,7 +33,7 @@ from app.datasets.sources import (
     location_of,
 )
 from app.errors import AppError, InvalidInput
-from app.jobs.context import JobContext
+from app.jobs.context import JobCancelled, JobContext
 from app.kit.blobs import BlobStore
 from app.kit.clock import utcnow
 
@@ -113,9 +113,11 @@ class Importer:
             with self.pool:
                 return self._run()
         except Exception as exc:
-            # A bad file or a vanished dataset is final (no retry), and so is a crash on the
+            # A bad file, a vanished dataset or a cancel is final, and so is a crash on the
             # last try: then nothing of this import may linger. Other crashes start afresh.
-            permanent = isinstance(exc, AppError) and exc.status_code < 500
+            permanent = isinstance(exc, JobCancelled) or (
+                isinstance(exc, AppError) and exc.status_code < 500
+            )
             if permanent or self.ctx.last_attempt:
                 self._discard()
             raise

@@ -356,3 +356,43 @@ def test_a_refused_import_never_removes_images_other_datasets_use(client, run_jo
     content = client.get(f"/v1/datasets/{kept}/images/{image['id']}:content")
     assert content.status_code == 200 and content.content == shared
     assert len(stored_images(settings)) == 1
+
+
+def test_a_cancelled_import_stops_and_leaves_nothing(client, app, settings, session_factory):
+    import threading
+    import time
+
+    from app.jobs.registry import default_registry
+    from app.jobs.worker import Worker
+
+    files: dict[str, bytes | str] = {f"img{i}.jpg": jpeg(100 + i) for i in range(40)}
+    files["labels.csv"] = "\n".join(f"TRAIN,img{i}.jpg,cat,0.1,0.1,,,0.5,0.5,," for i in range(40))
+    dataset_id = create_dataset(client)
+    response = client.post(
+        f"/v1/datasets/{dataset_id}:import", files={"file": ("x.zip", make_zip(files))}
+    )
+    operation_id = response.json()["id"]
+    one_row_batches = settings.model_copy(update={"import_batch_rows": 1})
+    worker = Worker(
+        settings=one_row_batches, session_factory=session_factory, registry=default_registry()
+    )
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while client.get(f"/v1/operations/{operation_id}").json()["metadata"]["progress"] == 0:
+        assert time.monotonic() < deadline, "the import never reported progress"
+        time.sleep(0.01)
+    assert client.post(f"/v1/operations/{operation_id}:cancel").status_code == 200
+    thread.join(30)
+    operation = client.get(f"/v1/operations/{operation_id}").json()
+    assert operation["metadata"]["state"] == "CANCELLED"
+    assert operation["metadata"]["progressDetails"]["rowsRead"] < 40
+    assert client.get(f"/v1/datasets/{dataset_id}").json()["imageCount"] == 0
+    assert [f for f in blob_files(settings) if not f.startswith("_")] == []
+    from sqlalchemy import func, select
+
+    from app.db import Image, ImportRow
+
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(ImportRow)) == 0
+        assert session.scalar(select(func.count()).select_from(Image)) == 0
