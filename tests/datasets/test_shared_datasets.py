@@ -36,16 +36,10 @@ def zip_folder(folder: Path, target: Path) -> bytes:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_shared_dataset_imports_with_the_readme_counts(
-    client, run_jobs, tmp_path, name, database_url
-):
+def test_shared_dataset_imports_with_the_readme_counts(client, run_jobs, tmp_path, name):
     folder = SHARED_DATASETS / name
     if not (folder / "labels.csv").exists():
         pytest.skip(f"{folder} is absent: the shared datasets are not on this machine")
-    if not database_url.startswith("sqlite") and name != "raccoon":
-        pytest.skip(
-            "the larger shared datasets are imported on SQLite only, to keep the suite short"
-        )
     images, boxes = readme_counts(folder)
     assert (images, boxes) == EXPECTED[name]
     dataset_id = create_dataset(client, name)
