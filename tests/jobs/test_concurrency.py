@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def postgres_url(database_url: str) -> str:
     if not database_url.startswith("postgresql"):
-        pytest.skip("multi-process concurrency is tested on PostgreSQL (TEST_DATABASE_URL)")
+        pytest.skip("multi-process concurrency needs PostgreSQL: set TEST_DATABASE_URL")
     return database_url
 
 
@@ -93,6 +93,7 @@ def read_records(path: Path) -> list[tuple[str, int, str]]:
     return [(job_id, int(pid), event) for job_id, pid, event in rows]
 
 
+@pytest.mark.postgres_only
 def test_four_workers_run_200_jobs_exactly_once(pool, session_factory, tmp_path):
     with session_factory.begin() as session:
         ids = [service.enqueue(session, kind="test.record").id for _ in range(200)]
@@ -110,6 +111,7 @@ def test_four_workers_run_200_jobs_exactly_once(pool, session_factory, tmp_path)
     assert set(attempts) == {1}
 
 
+@pytest.mark.postgres_only
 def test_job_of_a_killed_worker_is_reclaimed_and_finished_by_another(
     pool, session_factory, tmp_path
 ):
