@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64, description="Images an import reads and stores at once."
     )
 
+    training_progress_seconds: float = Field(
+        default=2.0, gt=0, description="How often a training job writes its progress."
+    )
+    training_max_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on epochs per training job (smoke tests); unset: "
+        "the budget and early stopping decide.",
+    )
+    training_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads a training job uses; unset: the trainer's default.",
+    )
+
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
     job_heartbeat_seconds: float = Field(default=5.0, gt=0)

@@ -12,6 +12,8 @@ from app.db.session import make_engine, make_session_factory
 from app.health.api import router as health_router
 from app.jobs.api import router as operations_router
 from app.kit.blobs import BlobStore
+from app.registry.api import router as registry_router
+from app.training.api import router as training_router
 from app.web.errors import install_error_handlers
 from app.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.web.openapi import install_openapi, operation_id
@@ -55,4 +57,6 @@ def create_app(
     app.include_router(health_router)
     app.include_router(operations_router)
     app.include_router(datasets_router)
+    app.include_router(training_router)
+    app.include_router(registry_router)
     return app

@@ -33,6 +33,7 @@ from app.db.dataset import Dataset
 from app.db.dataset_image import DatasetImage, Split
 from app.db.image import Image
 from app.errors import (
+    FailedPrecondition,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -42,9 +43,8 @@ from app.errors import (
 )
 from app.jobs import service as jobs_service
 from app.jobs.schemas import OperationRead
-from app.kit.blobs import BlobStore
 from app.kit.pagination import check_page_size, decode_token, encode_token
-from app.web.deps import SessionDep, SettingsDep
+from app.web.deps import BlobsDep, SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 
@@ -54,14 +54,6 @@ AUTH = (Unauthenticated, PermissionDenied)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 READ = [Depends(require(Scope.READ))]
 WRITE = [Depends(require(Scope.WRITE))]
-
-
-def _blobs(request: Request) -> BlobStore:
-    blobs: BlobStore = request.app.state.blobs
-    return blobs
-
-
-BlobsDep = Annotated[BlobStore, Depends(_blobs)]
 
 
 def _dataset_read(dataset: Dataset, counts: service.DatasetCounts) -> DatasetRead:
@@ -326,10 +318,11 @@ def update_dataset(dataset_id: DatasetId, body: DatasetUpdate, session: SessionD
 @router.delete(
     "/datasets/{datasetId}",
     dependencies=WRITE,
-    responses=error_responses(NotFound, *AUTH),
+    responses=error_responses(NotFound, FailedPrecondition, *AUTH),
 )
 def delete_dataset(dataset_id: DatasetId, session: SessionDep) -> dict[str, str]:
-    """Delete a dataset; image files no other dataset uses are removed."""
+    """Delete a dataset; image files no other dataset uses are removed. Refused while a
+    queued or running training job uses it."""
     service.delete(session, dataset_id=dataset_id)
     return {}
 

@@ -44,8 +44,9 @@ def add(session: Session, dataset: Dataset) -> Dataset:
     return dataset
 
 
-def get(session: Session, dataset_id: str) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
+def get(session: Session, dataset_id: str, *, for_update: bool = False) -> Dataset | None:
+    """The dataset; ``for_update`` locks its row until the transaction ends (PostgreSQL)."""
+    return session.get(Dataset, dataset_id, with_for_update=for_update or None)
 
 
 def list_page(session: Session, *, limit: int, after: PageCursor | None) -> Sequence[Dataset]:

@@ -45,6 +45,7 @@ from app.kit.blobs import BlobStore
 from app.kit.clock import utcnow
 from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
+from app.training import repository as training_repository
 
 IMPORT_KIND = "datasets.import"
 COLLECT_ORPHANS_KIND = "datasets.collect_orphans"
@@ -119,8 +120,13 @@ def create(session: Session, *, dataset_in: DatasetCreate) -> Dataset:
     return repository.add(session, dataset)
 
 
-def get(session: Session, *, dataset_id: str) -> Dataset:
-    dataset = repository.get(session, dataset_id) if is_valid_id(dataset_id) else None
+def get(session: Session, *, dataset_id: str, for_update: bool = False) -> Dataset:
+    """The dataset or NotFound; ``for_update`` locks it (training snapshots against deletion)."""
+    dataset = (
+        repository.get(session, dataset_id, for_update=for_update)
+        if is_valid_id(dataset_id)
+        else None
+    )
     if dataset is None:
         raise NotFound(f"dataset {dataset_id!r} not found")
     return dataset
@@ -157,9 +163,17 @@ def delete(session: Session, *, dataset_id: str) -> None:
     """Delete a dataset; its images' blobs go once no other dataset refers to them.
 
     The rows go now; a job removes the orphaned blobs after this transaction commits, so
-    a failed commit can never leave rows pointing at deleted files.
+    a failed commit can never leave rows pointing at deleted files. A dataset that a queued
+    or running training job reads is refused: that job's snapshot names its image files.
     """
-    dataset = get(session, dataset_id=dataset_id)
+    # Locked first, so a training job created concurrently either sees no dataset or is seen.
+    dataset = get(session, dataset_id=dataset_id, for_update=True)
+    active = training_repository.active_for_dataset(session, dataset_id)
+    if active is not None:
+        raise FailedPrecondition(
+            f"dataset {dataset_id!r} is being trained on by training job {active!r}: "
+            "wait for it to finish or cancel it first"
+        )
     repository.delete_dataset(session, dataset)
     jobs_service.enqueue(session, kind=COLLECT_ORPHANS_KIND, description="blob clean-up")
 
@@ -409,6 +423,16 @@ def check_trainable(session: Session, *, dataset_id: str) -> None:
             if w.code in {"NO_TRAIN_IMAGES", "SPLIT_WITHOUT_LABEL", "TOO_MANY_LABELS"}
         ]
         raise FailedPrecondition("dataset cannot be trained: " + "; ".join(blocking))
+
+
+def labelled_images(
+    session: Session, *, dataset_id: str
+) -> Iterator[tuple[DatasetImage, Image, list[Box]]]:
+    """Every labelled image of the dataset (negatives included) with its boxes, in a stable
+    order; unlabelled images are left out."""
+    for dataset_image, image, boxes in repository.iter_export(session, dataset_id):
+        if dataset_image.labeled:
+            yield dataset_image, image, boxes
 
 
 # -- export ----------------------------------------------------------------------------

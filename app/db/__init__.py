@@ -8,9 +8,13 @@ from app.db.base import Base
 from app.db.box import Box
 from app.db.dataset import Dataset
 from app.db.dataset_image import DatasetImage, Split
+from app.db.evaluation import Evaluation
 from app.db.image import Image
 from app.db.import_row import ImportRow
 from app.db.job import Job, JobState
+from app.db.model import Model
+from app.db.model_version import ModelVersion
+from app.db.training_job import TrainingJob
 
 __all__ = [
     "ApiKey",
@@ -18,9 +22,13 @@ __all__ = [
     "Box",
     "Dataset",
     "DatasetImage",
+    "Evaluation",
     "Image",
     "ImportRow",
     "Job",
     "JobState",
+    "Model",
+    "ModelVersion",
     "Split",
+    "TrainingJob",
 ]

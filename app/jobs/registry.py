@@ -75,9 +75,12 @@ def default_registry() -> JobRegistry:
     """Every job kind the service runs. Domains add their ``tasks`` here as they arrive."""
     from app.datasets import service as datasets_service
     from app.datasets import tasks as datasets_tasks
+    from app.training import service as training_service
+    from app.training import tasks as training_tasks
 
     registry = JobRegistry()
     registry.register(NOOP, run_noop)
     registry.register(datasets_service.IMPORT_KIND, datasets_tasks.import_dataset)
     registry.register(datasets_service.COLLECT_ORPHANS_KIND, datasets_tasks.collect_orphans)
+    registry.register(training_service.TRAIN_KIND, training_tasks.train)
     return registry

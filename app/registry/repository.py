@@ -1,0 +1,78 @@
+"""Every query on models, their versions and their evaluations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.evaluation import Evaluation
+from app.db.model import Model
+from app.db.model_version import ModelVersion
+from app.kit.pagination import PageCursor, newest_first
+
+# -- models ------------------------------------------------------------------------------
+
+
+def add(session: Session, row: Model | ModelVersion | Evaluation) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get(session: Session, model_id: str) -> Model | None:
+    return session.get(Model, model_id)
+
+
+def list_page(session: Session, *, limit: int, after: PageCursor | None) -> Sequence[Model]:
+    query = newest_first(
+        select(Model), time=Model.created_at, id=Model.id, after=after, limit=limit
+    )
+    return session.scalars(query).all()
+
+
+# -- versions ----------------------------------------------------------------------------
+
+
+def versions_of(session: Session, model_ids: Sequence[str]) -> dict[str, list[ModelVersion]]:
+    """Each model's versions, oldest first."""
+    versions: dict[str, list[ModelVersion]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        for version in session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.model_id.in_(model_ids))
+            .order_by(ModelVersion.model_id, ModelVersion.version)
+        ):
+            versions[version.model_id].append(version)
+    return versions
+
+
+def latest_version(session: Session, model_id: str) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id)
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+    ).first()
+
+
+# -- evaluations -------------------------------------------------------------------------
+
+
+def list_evaluations(
+    session: Session, *, model_id: str, limit: int, after: PageCursor | None
+) -> Sequence[Evaluation]:
+    query = newest_first(
+        select(Evaluation).where(Evaluation.model_id == model_id),
+        time=Evaluation.created_at,
+        id=Evaluation.id,
+        after=after,
+        limit=limit,
+    )
+    return session.scalars(query).all()
+
+
+def get_evaluation(session: Session, *, model_id: str, evaluation_id: str) -> Evaluation | None:
+    return session.scalars(
+        select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.model_id == model_id)
+    ).one_or_none()

@@ -1,0 +1,172 @@
+"""Training as users run it: worker processes, a killed worker's job resumed by another, and
+a real dataset (../shared/datasets/raccoon) trained through a served API to a useful model.
+
+These take minutes; the budgets are kept small.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.datasets.conftest import SHARED_DATASETS
+from tests.datasets.test_shared_datasets import zip_folder
+from tests.fixtures.server import REPO_ROOT, LiveServer
+from tests.training.conftest import start_training
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+# raccoon: 200 photos, one class, large objects. The budget is 4.2 minutes of training.
+# DESIGN.md §6.1 measured ~0.43 mAP@0.5 after 4 minutes with a reference detector; one run of
+# this test on an idle 2-core machine reached 0.39 on TEST. The floor is deliberately low:
+# it catches a broken pipeline, not a small regression (bench/ is for those).
+RACCOON_BUDGET_MILLI_NODE_HOURS = 70
+RACCOON_MIN_TEST_MAP50 = 0.25
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Workers:
+    """``edge-automl worker`` processes on the test database and blob store."""
+
+    def __init__(self, settings, **env: str) -> None:
+        self.env = {
+            **os.environ,
+            "EDGE_AUTOML_DATABASE_URL": settings.database_url,
+            "EDGE_AUTOML_BLOB_URL": settings.blob_url,
+            "EDGE_AUTOML_WORKER_POLL_SECONDS": "0.2",
+            "EDGE_AUTOML_JOB_HEARTBEAT_SECONDS": "0.3",
+            "EDGE_AUTOML_JOB_STALL_TIMEOUT_SECONDS": "3",
+            "EDGE_AUTOML_JOB_RETRY_BACKOFF_SECONDS": "0",
+            "EDGE_AUTOML_LOG_FORMAT": "text",
+            "EDGE_AUTOML_LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"], cwd=REPO_ROOT, env=self.env
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(settings) -> Iterator[Callable[..., Workers]]:
+    made: list[Workers] = []
+
+    def make(**env: str) -> Workers:
+        made.append(Workers(settings, **env))
+        return made[-1]
+
+    yield make
+    for pool in made:
+        pool.stop()
+
+
+def test_a_killed_workers_training_resumes_from_its_checkpoint_elsewhere(
+    client, make_dataset, workers
+):
+    dataset_id = make_dataset({"TRAIN": 16, "VALIDATION": 4, "TEST": 4})
+    job = start_training(client, dataset_id, budgetMilliNodeHours=300)
+    blobs = client.app.state.blobs
+    checkpoint = f"training/{job['id']}/checkpoint.pt"
+    pool = workers(EDGE_AUTOML_TRAINING_MAX_EPOCHS="6", EDGE_AUTOML_TRAINING_PROGRESS_SECONDS="0.2")
+    victim = pool.start()
+    wait_for(lambda: blobs.exists(checkpoint), 300, "the first checkpoint")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    interrupted = client.get(f"/v1/trainingJobs/{job['id']}").json()
+    assert interrupted["state"] == "RUNNING" and interrupted["attempts"] == 1
+    killed_at = interrupted["progress"]["epoch"]
+    assert killed_at < 6, "the first worker must not have finished"
+
+    pool.start()
+    done = wait_for(
+        lambda: (
+            (j := client.get(f"/v1/trainingJobs/{job['id']}").json())["state"] in TERMINAL and j
+        ),
+        600,
+        "the job to finish on the second worker",
+    )
+    assert done["state"] == "SUCCEEDED", done["error"]
+    assert done["attempts"] == 2
+    operation = client.get(f"/v1/{done['operationName']}").json()
+    assert "stopped heartbeating" in operation["metadata"]["lastError"]["message"]
+    response = operation["response"]
+    assert response["resumedAtEpoch"] is not None and 1 <= response["resumedAtEpoch"] <= killed_at
+    assert response["epochs"] == 6
+    assert not blobs.exists(checkpoint)
+    assert client.get(f"/v1/models/{done['modelId']}").json()["latestVersion"] == 1
+
+
+def poll(http: httpx.Client, path: str, done: Callable[[dict[str, Any]], bool], timeout: float):
+    return wait_for(lambda: (body := http.get(path).json()) and done(body) and body, timeout, path)
+
+
+def test_raccoon_trains_through_the_api_to_a_useful_model(
+    live_server_factory: Callable[..., LiveServer], tmp_path: Path
+):
+    folder = SHARED_DATASETS / "raccoon"
+    if not (folder / "labels.csv").exists():
+        pytest.skip(f"{folder} is absent: the shared datasets are not on this machine")
+    server = live_server_factory()  # with its worker child, as `edge-automl serve` runs
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        dataset = http.post("/v1/datasets", json={"displayName": "raccoon"}).json()
+        archive = zip_folder(folder, tmp_path / "raccoon.zip")
+        imported = http.post(
+            f"/v1/datasets/{dataset['id']}:import", files={"file": ("raccoon.zip", archive)}
+        ).json()
+        operation = poll(http, f"/v1/operations/{imported['id']}", lambda b: b["done"], 300)
+        assert operation["metadata"]["state"] == "SUCCEEDED", operation["error"]
+
+        created = http.post(
+            "/v1/trainingJobs",
+            json={
+                "datasetId": dataset["id"],
+                "displayName": "raccoon detector",
+                "modelType": "MOBILE_TF_LOW_LATENCY_1",
+                "budgetMilliNodeHours": RACCOON_BUDGET_MILLI_NODE_HOURS,
+            },
+        )
+        assert created.status_code == 200, created.text
+        path = f"/v1/trainingJobs/{created.json()['id']}"
+        budget_seconds = RACCOON_BUDGET_MILLI_NODE_HOURS * 3.6
+        job = poll(http, path, lambda b: b["state"] in TERMINAL, budget_seconds * 1.5 + 180)
+        assert job["state"] == "SUCCEEDED", f"{job['error']}\n{server.log()[-3000:]}"
+        assert job["costMilliNodeHours"] <= RACCOON_BUDGET_MILLI_NODE_HOURS
+        assert job["successfulStopReason"] in ("BUDGET_REACHED", "MODEL_CONVERGED")
+
+        [evaluation] = http.get(f"/v1/models/{job['modelId']}/evaluations").json()["evaluations"]
+        assert evaluation["split"] == "TEST"
+        assert evaluation["imageCount"] == job["imageCounts"]["test"] > 0
+        assert evaluation["ap50"] >= RACCOON_MIN_TEST_MAP50, (evaluation, job)
