@@ -172,7 +172,12 @@ class _Run:
         )
         torch.set_num_threads(config.threads or cores)
         torch.manual_seed(config.seed)
-        self.model = Detector(self.spec, len(config.labels), pretrained=True).to(self.device)
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
+        self.model = Detector(self.spec, len(config.labels), pretrained=True).to(
+            self.device, memory_format=self.memory_format
+        )
         self.loss = DetectionLoss()
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.model), lr=BASE_LR)
         self.ema = ModelEMA(self.model, decay=0.99)
@@ -299,6 +304,7 @@ class _Run:
         waited = time.monotonic()
         for images, boxes, labels in self.batches(epoch):
             images, boxes, labels = (t.to(self.device) for t in (images, boxes, labels))
+            images = images.contiguous(memory_format=self.memory_format)
             ready = time.monotonic()
             if self.state.schedule_start is None:
                 self.state.schedule_start = self.elapsed()

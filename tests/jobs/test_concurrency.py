@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.job import Job, JobState
 from app.jobs import service
+from tests.support.processes import stop_all
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,15 +53,7 @@ class WorkerPool:
             )
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.processes, timeout=15)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ These take minutes; the budgets are kept small.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,11 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from app.db.dataset_image import Split
+from app.detector.bundle import load_bundle
+from app.detector.data import ImageCache
+from app.detector.evaluate import detect, to_metric_records
+from app.detector.metrics import coco_stats
+from app.detector.predict import build_model
+from app.kit.blobs import open_blob_store
+from app.registry import service as registry_service
+from app.training.tasks import samples_by_split
 from tests.datasets.conftest import SHARED_DATASETS
 from tests.datasets.test_shared_datasets import zip_folder
+from tests.detector.test_metrics import pycoco_stats, to_coco
 from tests.fixtures.server import REPO_ROOT, LiveServer
+from tests.support.processes import stop_all
 from tests.training.conftest import start_training
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
@@ -69,15 +82,7 @@ class Workers:
         return process
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.processes, timeout=30)
 
 
 @pytest.fixture
@@ -170,3 +175,19 @@ def test_raccoon_trains_through_the_api_to_a_useful_model(
         assert evaluation["split"] == "TEST"
         assert evaluation["imageCount"] == job["imageCounts"]["test"] > 0
         assert evaluation["ap50"] >= RACCOON_MIN_TEST_MAP50, (evaluation, job)
+
+    # The metrics core agrees with pycocotools on this model's own TEST detections.
+    store = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    snapshot = json.loads(store.get(f"training/{job['id']}/snapshot.json"))
+    test_samples = samples_by_split(snapshot)[Split.TEST]
+    bundle = load_bundle(store.get(registry_service.weights_key(job["modelId"], 1)))
+    cache = ImageCache(test_samples, store.get, bundle.input_size)
+    detections = detect(build_model(bundle), test_samples, cache)
+    sizes = [cache.size_of(sample.key) for sample in test_samples]
+    truths, found = to_metric_records(test_samples, detections, sizes)
+    assert sum(len(d.labels) for d in found) > 0
+    ours = coco_stats(truths, found, num_labels=len(bundle.labels))
+    theirs = pycoco_stats(*to_coco(truths, found, len(bundle.labels)))
+    np.testing.assert_allclose(ours.overall, theirs, atol=1e-4)
+    assert evaluation["ap50"] == pytest.approx(ours.overall[1], abs=1e-4)
+    assert evaluation["ap50To95"] == pytest.approx(ours.overall[0], abs=1e-4)
