@@ -175,9 +175,8 @@ class _Run:
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
-        self.model = Detector(self.spec, len(config.labels), pretrained=True).to(
-            self.device, memory_format=self.memory_format
-        )
+        self.model = Detector(self.spec, len(config.labels), pretrained=True).to(self.device)
+        self.model.to(memory_format=self.memory_format)
         self.loss = DetectionLoss()
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.model), lr=BASE_LR)
         self.ema = ModelEMA(self.model, decay=0.99)

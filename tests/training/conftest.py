@@ -110,6 +110,12 @@ def start_training(client, dataset_id: str, **fields: Any) -> dict[str, Any]:
     return response.json()
 
 
+def epoch_reported(client, training_job_id: str) -> bool:
+    """Whether the job's row shows at least one finished epoch."""
+    progress = client.get(f"/v1/trainingJobs/{training_job_id}").json()["progress"]
+    return bool(progress) and progress["epoch"] >= 1
+
+
 def read_snapshot(client, training_job_id: str) -> dict[str, Any]:
     blobs = client.app.state.blobs
     return json.loads(blobs.get(f"training/{training_job_id}/snapshot.json"))
