@@ -45,8 +45,8 @@ class TrainConfig:
     final_eval_images: int = 0
     loader_workers: int | None = None  # None: one background process when there are >2 cores
     device: str | None = None  # "cpu" or "cuda"; None: a CUDA GPU when there is one
-    # NHWC tensors: measured no faster on this CPU (bench/train_throughput.py), so off.
-    channels_last: bool = False
+    # NHWC tensors: about 5% more images/s with bf16 on this CPU (bench/train_throughput.py).
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
