@@ -38,11 +38,12 @@ from tests.training.conftest import epoch_reported, start_training
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
-# raccoon: 200 photos, one class, large objects. The budget is 4.2 minutes of training.
-# DESIGN.md §6.1 measured ~0.43 mAP@0.5 after 4 minutes with a reference detector; one run of
-# this test on an idle 2-core machine reached 0.39 on TEST. The floor is deliberately low:
-# it catches a broken pipeline, not a small regression (bench/ is for those).
-RACCOON_BUDGET_MILLI_NODE_HOURS = 70
+# raccoon: 200 photos, one class, large objects. The budget is 9 minutes of training: at 4.2
+# minutes two runs of this test reached 0.39 and 0.18 TEST mAP@0.5 (the early part of a run is
+# noisy); 15 minutes reach 0.87 (bench/train_quality.py). The floor is deliberately low: it
+# catches a broken pipeline, not a small regression (bench/ is for those). It runs once, on
+# PostgreSQL (the production set-up; the SQLite path trains in the other tests here).
+RACCOON_BUDGET_MILLI_NODE_HOURS = 150
 RACCOON_MIN_TEST_MAP50 = 0.25
 
 
@@ -147,6 +148,7 @@ def poll(http: httpx.Client, path: str, done: Callable[[dict[str, Any]], bool], 
     return wait_for(lambda: (body := http.get(path).json()) and done(body) and body, timeout, path)
 
 
+@pytest.mark.postgres_only
 def test_raccoon_trains_through_the_api_to_a_useful_model(
     live_server_factory: Callable[..., LiveServer], tmp_path: Path
 ):
