@@ -85,6 +85,16 @@ class MBConv(nn.Module):
         return y
 
 
+def _block_shape(state: Mapping[str, torch.Tensor], index: int) -> tuple[int, int, int, int]:
+    """Input, output and expanded widths and the depthwise kernel of block ``index``."""
+    prefix = f"_blocks.{index}."
+    out_ch, expanded = state[prefix + "_project_conv.weight"].shape[:2]
+    expand = state.get(prefix + "_expand_conv.weight")
+    in_ch = expand.shape[1] if expand is not None else expanded
+    kernel = state[prefix + "_depthwise_conv.weight"].shape[-1]
+    return int(in_ch), int(out_ch), int(expanded), int(kernel)
+
+
 class EfficientNetLite(nn.Module):
     """The feature extractor: returns the stride-8, 16 and 32 maps."""
 
@@ -95,44 +105,25 @@ class EfficientNetLite(nn.Module):
         self._conv_stem = nn.Conv2d(3, stem, 3, stride=2, bias=False)
         self._bn0 = _bn(stem)
         count = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("_blocks."))
+        shapes = [_block_shape(state, index) for index in range(count)]
         blocks: list[nn.Module] = []
         stage = -1
         self.feature_indices: list[int] = []
         self.feature_channels: list[int] = []
-        for index in range(count):
-            prefix = f"_blocks.{index}."
-            depthwise = state[prefix + "_depthwise_conv.weight"]
-            out_ch, expanded = state[prefix + "_project_conv.weight"].shape[:2]
-            expand = state.get(prefix + "_expand_conv.weight")
-            in_ch = expand.shape[1] if expand is not None else expanded
+        for index, (in_ch, out_ch, expanded, kernel) in enumerate(shapes):
             first_of_stage = in_ch != out_ch
             stage += first_of_stage
             stride = _STAGE_STRIDES[stage] if first_of_stage else 1
             blocks.append(
-                MBConv(
-                    in_ch,
-                    out_ch,
-                    expanded,
-                    depthwise.shape[-1],
-                    stride,
-                    drop_connect * index / count,
-                )
+                MBConv(in_ch, out_ch, expanded, kernel, stride, drop_connect * index / count)
             )
-            next_weight = state.get(f"_blocks.{index + 1}._project_conv.weight")
-            last_of_stage = next_weight is None or self._starts_stage(state, index + 1)
+            last_of_stage = index + 1 == count or shapes[index + 1][0] != shapes[index + 1][1]
             if last_of_stage and stage in _FEATURE_STAGES:
                 self.feature_indices.append(index)
-                self.feature_channels.append(int(out_ch))
+                self.feature_channels.append(out_ch)
         if len(_STAGE_STRIDES) != stage + 1:
             raise ValueError(f"expected {len(_STAGE_STRIDES)} stages, found {stage + 1}")
         self._blocks = nn.ModuleList(blocks)
-
-    @staticmethod
-    def _starts_stage(state: Mapping[str, torch.Tensor], index: int) -> bool:
-        prefix = f"_blocks.{index}."
-        out_ch, expanded = state[prefix + "_project_conv.weight"].shape[:2]
-        expand = state.get(prefix + "_expand_conv.weight")
-        return (expand.shape[1] if expand is not None else expanded) != out_ch
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = nn.functional.relu6(self._bn0(self._conv_stem(self._pad(x))))

@@ -39,13 +39,11 @@ def to_metric_records(
 
 
 def score(
-    samples: Sequence[Sample],
-    detections: Sequence[Detections],
-    sizes: Sequence[tuple[int, int]],
+    truths: Sequence[metrics.ImageTruth],
+    found: Sequence[metrics.ImageDetections],
     labels: Sequence[str],
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], metrics.CocoStats]:
     """COCO figures overall and per label name."""
-    truths, found = to_metric_records(samples, detections, sizes)
     stats = metrics.coco_stats(truths, found, num_labels=len(labels))
     per_label = {
         name: dict(zip(metrics.STAT_NAMES, map(float, stats.per_label[k]), strict=True))
@@ -71,7 +69,7 @@ def evaluate(model: bytes, samples: Sequence[Sample], read_image: ReadImage) -> 
     detections = detect(network, samples, cache)
     sizes = [cache.size_of(sample.key) for sample in samples]
     truths, found = to_metric_records(samples, detections, sizes)
-    coco, per_label, _ = score(samples, detections, sizes, bundle.labels)
+    coco, per_label, _ = score(truths, found, bundle.labels)
     vertex = metrics.vertex_metrics(truths, found, label_names=bundle.labels)
     return Evaluation(
         vertex=vertex,

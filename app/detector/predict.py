@@ -65,10 +65,11 @@ def predict_images(
     """Detections for uint8 (3, S, S) images already resized to the model's input."""
     results: list[Detections] = []
     size = model.spec.input_size
+    device = model.anchors.device
+    anchors = model.anchors.cpu()
     for start in range(0, len(images), batch_size):
-        device = model.anchors.device
         batch = torch.stack(list(images[start : start + batch_size])).to(device).float()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, offsets = model(batch)
-        results.extend(postprocess(logits.cpu(), offsets.cpu(), model.anchors.cpu(), size))
+        results.extend(postprocess(logits.cpu(), offsets.cpu(), anchors, size))
     return results

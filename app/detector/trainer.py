@@ -255,7 +255,7 @@ class _Run:
                 f"the base model is a {bundle.model_type}, not a {self.spec.model_type}"
             )
         self.model.load_state_dict(bundle.state_dict)
-        self.ema = ModelEMA(self.model, decay=0.99)
+        self.ema.model.load_state_dict(bundle.state_dict)
 
     # -- loop ----------------------------------------------------------------------------------
     def progress(self, losses: dict[str, float]) -> Progress:
@@ -343,7 +343,8 @@ class _Run:
         started = time.monotonic()
         detections = scoring.detect(self.ema.model, self.val_samples, self.cache)  # type: ignore[arg-type]
         sizes = [self.cache.size_of(sample.key) for sample in self.val_samples]
-        coco, _, _ = scoring.score(self.val_samples, detections, sizes, self.config.labels)
+        truths, found = scoring.to_metric_records(self.val_samples, detections, sizes)
+        coco, _, _ = scoring.score(truths, found, self.config.labels)
         seconds = time.monotonic() - started
         self.state.eval_seconds_per_image = seconds / len(self.val_samples)
         self.state.last_validation_elapsed = self.elapsed()
