@@ -21,6 +21,8 @@ from app.detector.data import (
     repeat_factors,
 )
 from app.detector.evaluate import evaluate
+from app.detector.model import Detector
+from app.detector.spec import spec_for
 from app.detector.types import (
     STOP_BUDGET_REACHED,
     STOP_MODEL_CONVERGED,
@@ -105,6 +107,29 @@ def test_rare_labels_are_repeated_and_epochs_shuffle_deterministically() -> None
     assert np.array_equal(epoch_order(factors, 1, 3), epoch_order(factors, 1, 3))
     assert not np.array_equal(epoch_order(factors, 1, 3), epoch_order(factors, 1, 4))
     assert np.bincount(epoch_order(factors, 1, 3))[16] in (2, 3)  # stochastic rounding
+
+
+def test_new_layers_learn_faster_and_only_weights_decay() -> None:
+    model = Detector(spec_for("MOBILE_TF_LOW_LATENCY_1"), 2, pretrained=False)
+    groups = trainer._parameter_groups(model)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    grouped = [names[id(p)] for group in groups for p in group["params"]]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)  # every trainable parameter, once
+    assert not any(name.startswith("backbone._conv_stem") for name in grouped)  # frozen
+    for group in groups:
+        pretrained = {names[id(p)].startswith("backbone.") for p in group["params"]}
+        assert len(pretrained) == 1
+        expected = 1.0 if pretrained.pop() else trainer.NEW_LAYERS_LR_SCALE
+        assert group["lr_scale"] == expected
+        decays = {p.ndim > 1 for p in group["params"]}
+        assert decays == {group["weight_decay"] > 0}
+    assert trainer.NEW_LAYERS_LR_SCALE > 1
+    assert {names[id(p)].split(".")[0] for g in groups for p in g["params"]} == {
+        "backbone",
+        "neck",
+        "heads",
+    }
 
 
 def test_same_seed_same_model_and_resume_continues_exactly(shapes: ShapesData) -> None:
