@@ -64,7 +64,8 @@ MOSAIC_UNTIL = 0.85
 # the training time since the last one.
 VALIDATE_EVERY_EPOCH_AFTER = 0.7
 VALIDATION_RATIO = 10.0
-CHECKPOINT_FORMAT = "edge-automl-checkpoint/1"
+# /2: four optimizer parameter groups (per-group learning rates); /1 had two.
+CHECKPOINT_FORMAT = "edge-automl-checkpoint/2"
 # Reading and decoding one image again for the final evaluation (a generous estimate).
 _DECODE_SECONDS = 0.02
 
@@ -238,7 +239,9 @@ class _Run:
     def restore(self, data: bytes) -> None:
         raw = torch.load(io.BytesIO(data), map_location=self.device, weights_only=False)
         if raw.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a training checkpoint")
+            raise ValueError(
+                f"the checkpoint's format {raw.get('format')!r} is not {CHECKPOINT_FORMAT!r}"
+            )
         if raw["model_type"] != str(self.spec.model_type) or raw["labels"] != list(
             self.config.labels
         ):
