@@ -31,7 +31,7 @@ DATABASES = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked postgres_only run only on the PostgreSQL parameter, when there is one."""
     if not TEST_DATABASE_URL:
-        return  # they stay, and their fixture skips them saying that PostgreSQL is missing
+        return  # they stay and run on SQLite, or skip where their fixture needs PostgreSQL
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)

@@ -106,18 +106,20 @@ class EfficientNetLite(nn.Module):
         self._bn0 = _bn(stem)
         count = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("_blocks."))
         shapes = [_block_shape(state, index) for index in range(count)]
+        # A block starts a new stage when its input and output widths differ.
+        starts_stage = [in_ch != out_ch for in_ch, out_ch, _, _ in shapes]
         blocks: list[nn.Module] = []
         stage = -1
         self.feature_indices: list[int] = []
         self.feature_channels: list[int] = []
         for index, (in_ch, out_ch, expanded, kernel) in enumerate(shapes):
-            first_of_stage = in_ch != out_ch
+            first_of_stage = starts_stage[index]
             stage += first_of_stage
             stride = _STAGE_STRIDES[stage] if first_of_stage else 1
             blocks.append(
                 MBConv(in_ch, out_ch, expanded, kernel, stride, drop_connect * index / count)
             )
-            last_of_stage = index + 1 == count or shapes[index + 1][0] != shapes[index + 1][1]
+            last_of_stage = index + 1 == count or starts_stage[index + 1]
             if last_of_stage and stage in _FEATURE_STAGES:
                 self.feature_indices.append(index)
                 self.feature_channels.append(out_ch)

@@ -60,15 +60,22 @@ def detect(
     return predict_images(model, images, bf16=bf16)
 
 
+def detect_records(
+    model: Detector, samples: Sequence[Sample], cache: ImageCache
+) -> tuple[list[metrics.ImageTruth], list[metrics.ImageDetections]]:
+    """The samples' truths and the model's detections, in full-resolution pixels for scoring."""
+    detections = detect(model, samples, cache)
+    sizes = [cache.size_of(sample.key) for sample in samples]
+    return to_metric_records(samples, detections, sizes)
+
+
 def evaluate(model: bytes, samples: Sequence[Sample], read_image: ReadImage) -> Evaluation:
     """Predict every sample with the model file ``model`` and score it (labels from the file)."""
     started = time.monotonic()
     bundle = load_bundle(model)
     network = build_model(bundle)
     cache = ImageCache(samples, read_image, bundle.input_size)
-    detections = detect(network, samples, cache)
-    sizes = [cache.size_of(sample.key) for sample in samples]
-    truths, found = to_metric_records(samples, detections, sizes)
+    truths, found = detect_records(network, samples, cache)
     coco, per_label, _ = score(truths, found, bundle.labels)
     vertex = metrics.vertex_metrics(truths, found, label_names=bundle.labels)
     return Evaluation(
@@ -77,6 +84,6 @@ def evaluate(model: bytes, samples: Sequence[Sample], read_image: ReadImage) -> 
         coco_per_label=per_label,
         image_count=len(samples),
         box_count=sum(len(sample.labels) for sample in samples),
-        detection_count=sum(len(d.labels) for d in detections),
+        detection_count=sum(len(d.labels) for d in found),
         seconds=time.monotonic() - started,
     )

@@ -354,9 +354,7 @@ class _Run:
 
     def validate(self) -> None:
         started = time.monotonic()
-        detections = scoring.detect(self.ema.model, self.val_samples, self.cache)  # type: ignore[arg-type]
-        sizes = [self.cache.size_of(sample.key) for sample in self.val_samples]
-        truths, found = scoring.to_metric_records(self.val_samples, detections, sizes)
+        truths, found = scoring.detect_records(self.ema.model, self.val_samples, self.cache)  # type: ignore[arg-type]
         coco, _, _ = scoring.score(truths, found, self.config.labels)
         seconds = time.monotonic() - started
         self.state.eval_seconds_per_image = seconds / len(self.val_samples)

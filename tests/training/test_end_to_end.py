@@ -23,7 +23,7 @@ import pytest
 from app.db.dataset_image import Split
 from app.detector.bundle import load_bundle
 from app.detector.data import ImageCache
-from app.detector.evaluate import detect, to_metric_records
+from app.detector.evaluate import detect_records
 from app.detector.metrics import coco_stats
 from app.detector.predict import build_model
 from app.kit.blobs import open_blob_store
@@ -193,9 +193,7 @@ def test_raccoon_trains_through_the_api_to_a_useful_model(
     test_samples = samples_by_split(snapshot)[Split.TEST]
     bundle = load_bundle(store.get(registry_service.weights_key(job["modelId"], 1)))
     cache = ImageCache(test_samples, store.get, bundle.input_size)
-    detections = detect(build_model(bundle), test_samples, cache)
-    sizes = [cache.size_of(sample.key) for sample in test_samples]
-    truths, found = to_metric_records(test_samples, detections, sizes)
+    truths, found = detect_records(build_model(bundle), test_samples, cache)
     assert sum(len(d.labels) for d in found) > 0
     ours = coco_stats(truths, found, num_labels=len(bundle.labels))
     theirs = pycoco_stats(*to_coco(truths, found, len(bundle.labels)))
