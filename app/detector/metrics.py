@@ -123,13 +123,14 @@ def _areas(boxes: FloatArray) -> FloatArray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _match_image(
+def match_image(
     ious: FloatArray, gt_ignore: BoolArray, iou_thresholds: FloatArray
-) -> tuple[BoolArray, BoolArray]:
+) -> tuple[BoolArray, BoolArray, NDArray[np.int64]]:
     """Greedy matching of score-sorted detections to ground truth, as COCOeval.evaluateImg.
 
     ``ious`` is (D, G) with detections already in descending score order, ``gt_ignore`` is
-    (A, G) per area range. Returns ``matched`` and ``matched_to_ignored``, both (A, T, D).
+    (A, G) per area range. Returns ``matched`` and ``matched_to_ignored``, both (A, T, D),
+    and the column of the ground truth each detection took (A, T, D), -1 where none.
 
     Each detection takes the unmatched ground truth with the highest IoU at or above the
     threshold, preferring a non-ignored one; among equal IoUs the last one in input order wins
@@ -141,8 +142,9 @@ def _match_image(
     thresholds = np.minimum(iou_thresholds, _MAX_IOU_THRESHOLD)[None, :, None]
     matched = np.zeros((num_areas, len(iou_thresholds), num_dt), dtype=bool)
     matched_ignored = np.zeros_like(matched)
+    taken_by = np.full(matched.shape, -1, dtype=np.int64)
     if num_gt == 0 or num_dt == 0:
-        return matched, matched_ignored
+        return matched, matched_ignored, taken_by
     gt_taken = np.zeros((num_areas, len(iou_thresholds), num_gt), dtype=bool)
     ignore = gt_ignore[:, None, :]
     reversed_columns = np.arange(num_gt - 1, -1, -1)
@@ -162,7 +164,8 @@ def _match_image(
         gt_taken[area_idx, thr_idx, gt_idx] = True
         matched[area_idx, thr_idx, d] = True
         matched_ignored[area_idx, thr_idx, d] = gt_ignore[area_idx, gt_idx]
-    return matched, matched_ignored
+        taken_by[area_idx, thr_idx, d] = gt_idx
+    return matched, matched_ignored, taken_by
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ class _LabelImage:
     gt_ignore: BoolArray  # (A, G)
 
 
-def _check(
+def check_records(
     truths: Sequence[ImageTruth], detections: Sequence[ImageDetections], num_labels: int
 ) -> None:
     """Reject inputs that would otherwise give silently wrong numbers."""
@@ -202,7 +205,7 @@ def _evaluate_images(
     max_dets: int,
 ) -> list[list[_LabelImage]]:
     """Per label, the per-image evaluations in image order (COCOeval.evaluate)."""
-    _check(truths, detections, num_labels)
+    check_records(truths, detections, num_labels)
     lows = np.array([low for low, _ in area_ranges])[:, None]
     highs = np.array([high for _, high in area_ranges])[:, None]
     per_label: list[list[_LabelImage]] = [[] for _ in range(num_labels)]
@@ -220,7 +223,9 @@ def _evaluate_images(
             dt = dt_boxes[order]
             gt_area, dt_area = _areas(gt)[None, :], _areas(dt)[None, :]
             gt_ignore = (gt_area < lows) | (gt_area > highs)
-            matched, matched_ignored = _match_image(box_iou(dt, gt), gt_ignore, iou_thresholds)
+            matched, matched_ignored, _ = match_image(
+                box_iou(dt, gt), gt_ignore, iou_thresholds
+            )
             # Unmatched detections outside the area range do not count as false positives.
             dt_out = ((dt_area < lows) | (dt_area > highs))[:, None, :]
             per_label[label].append(
