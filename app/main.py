@@ -9,6 +9,7 @@ from app.config import Settings, get_settings, open_settings_blob_store
 from app.datasets.api import router as datasets_router
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
+from app.evaluation.api import router as evaluation_router
 from app.health.api import router as health_router
 from app.jobs.api import router as operations_router
 from app.kit.blobs import BlobStore
@@ -59,4 +60,5 @@ def create_app(
     app.include_router(datasets_router)
     app.include_router(training_router)
     app.include_router(registry_router)
+    app.include_router(evaluation_router)
     return app

@@ -45,10 +45,10 @@ from app.db.job import JobState
 from app.db.session import make_engine, make_session_factory
 from app.detector.model import Detector
 from app.detector.spec import spec_for
+from app.evaluation import service as evaluation_service
 from app.jobs import service as jobs_service
 from app.jobs.registry import default_registry
 from app.jobs.worker import Worker
-from app.registry import service as registry_service
 from app.training import service as training_service
 from app.training.schemas import TrainingJobCreate
 
@@ -126,7 +126,7 @@ def main() -> int:
             return 1
         evaluation = response["evaluation"]
         document = json.loads(
-            blobs.get(registry_service.metrics_key(response["modelId"], evaluation["id"]))
+            blobs.get(evaluation_service.metrics_key(response["modelId"], evaluation["id"]))
         )
         coco = document["cocoMetrics"]
         labels = list(coco["perLabel"])

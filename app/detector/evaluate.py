@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from app.detector import metrics
+from app.detector import matches, metrics
 from app.detector.bundle import load_bundle
 from app.detector.data import ImageCache, plain_example
 from app.detector.model import Detector
@@ -69,21 +71,90 @@ def detect_records(
     return to_metric_records(samples, detections, sizes)
 
 
-def evaluate(model: bytes, samples: Sequence[Sample], read_image: ReadImage) -> Evaluation:
-    """Predict every sample with the model file ``model`` and score it (labels from the file)."""
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Runner:
+    """A model file ready to detect: its labels, input size and a batch predict function
+    taking uint8 (3, S, S) images already resized to the input."""
+
+    labels: tuple[str, ...]
+    input_size: int
+    predict: Callable[[Sequence[torch.Tensor]], list[Detections]]
+
+
+def pytorch_runner(model: bytes) -> Runner:
     bundle = load_bundle(model)
     network = build_model(bundle)
-    cache = ImageCache(samples, read_image, bundle.input_size)
-    truths, found = detect_records(network, samples, cache)
-    coco, per_label, _ = score(truths, found, bundle.labels)
-    vertex = metrics.vertex_metrics(truths, found, label_names=bundle.labels)
+    return Runner(
+        labels=bundle.labels,
+        input_size=bundle.input_size,
+        predict=lambda images: predict_images(network, images),
+    )
+
+
+# How each artifact format is run. The export domain adds "onnx", "tflite" and "tflite-int8"
+# here; evaluating an exported file then scores exactly what users ship.
+RUNNERS: dict[str, Callable[[bytes], Runner]] = {"pytorch": pytorch_runner}
+
+# Images predicted between two progress reports (each report may stop a cancelled job).
+PROGRESS_BATCH = 64
+
+
+def load_runner(artifact_format: str, model: bytes) -> Runner:
+    runner = RUNNERS.get(artifact_format)
+    if runner is None:
+        raise ValueError(
+            f"no runner for artifact format {artifact_format!r}; known: {sorted(RUNNERS)}"
+        )
+    return runner(model)
+
+
+def evaluate(
+    model: bytes,
+    samples: Sequence[Sample],
+    read_image: ReadImage,
+    *,
+    artifact_format: str = "pytorch",
+    image_ids: Sequence[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Predict every sample with the model file ``model`` and score it (labels from the file).
+
+    ``image_ids`` name the samples in the stored matches (their keys by default);
+    ``on_progress(done, total)`` is called as the images are predicted and may raise to stop.
+    """
+    started = time.monotonic()
+    runner = load_runner(artifact_format, model)
+    cache = ImageCache(samples, read_image, runner.input_size)
+    detections: list[Detections] = []
+    for first in range(0, len(samples), PROGRESS_BATCH):
+        batch = samples[first : first + PROGRESS_BATCH]
+        images = [plain_example(cache[s.key], s, runner.input_size).image for s in batch]
+        detections.extend(runner.predict(images))
+        if on_progress is not None:
+            on_progress(len(detections), len(samples))
+    sizes = [cache.size_of(sample.key) for sample in samples]
+    truths, found = to_metric_records(samples, detections, sizes)
+    inferred = time.monotonic()
+    coco, per_label, _ = score(truths, found, runner.labels)
+    vertex = metrics.vertex_metrics(truths, found, label_names=runner.labels)
+    table = matches.build(
+        truths,
+        found,
+        label_names=runner.labels,
+        image_ids=list(image_ids) if image_ids is not None else [s.key for s in samples],
+        image_sizes=sizes,
+        image_keys=[s.key for s in samples],
+    )
+    finished = time.monotonic()
     return Evaluation(
         vertex=vertex,
         coco=coco,
         coco_per_label=per_label,
+        matches=table,
         image_count=len(samples),
         box_count=sum(len(sample.labels) for sample in samples),
         detection_count=sum(len(d.labels) for d in found),
-        seconds=time.monotonic() - started,
+        seconds=finished - started,
+        inference_seconds=inferred - started,
+        metric_seconds=finished - inferred,
     )

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from app.detector.metrics import (
     THRESHOLDS,
@@ -46,7 +46,8 @@ class MatchTable:
     """
 
     labels: NDArray[np.str_]  # (K,)
-    image_ids: NDArray[np.str_]  # (I,)
+    image_ids: NDArray[np.str_]  # (I,) what callers name the images by
+    image_keys: NDArray[np.str_]  # (I,) where each image's bytes are read from
     image_sizes: IntArray  # (I, 2) width, height
     det_image: IntArray  # (D,)
     det_label: IntArray  # (D,)
@@ -70,7 +71,7 @@ class MatchTable:
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}
-        np.savez_compressed(out, format=np.array(MATCHES_FORMAT), **arrays)  # type: ignore[arg-type]
+        np.savez_compressed(out, format=np.array(MATCHES_FORMAT), **arrays)
         return out.getvalue()
 
     @classmethod
@@ -91,6 +92,7 @@ def build(
     label_names: Sequence[str],
     image_ids: Sequence[str],
     image_sizes: Sequence[tuple[int, int]],
+    image_keys: Sequence[str] | None = None,
     max_dets: int = 100,
 ) -> MatchTable:
     """Match every image's detections to its ground truth at every IoU threshold."""
@@ -134,9 +136,7 @@ def build(
         ious = box_iou(dt_boxes[kept], gt_boxes)
         ious[dt_labels[kept][:, None] == gt_labels[None, :]] = -1.0
         other = ious.argmax(axis=1) if len(gt_labels) else np.zeros(len(kept), dtype=np.int64)
-        other_iou = (
-            ious[np.arange(len(kept)), other] if len(gt_labels) else np.zeros(len(kept))
-        )
+        other_iou = ious[np.arange(len(kept)), other] if len(gt_labels) else np.zeros(len(kept))
         overlaps = other_iou > 0
         parts["other"].append(np.where(overlaps, first_truth + other, -1))
         parts["other_iou"].append(np.where(overlaps, other_iou, 0.0))
@@ -156,6 +156,7 @@ def build(
     return MatchTable(
         labels=np.array(list(label_names), dtype=np.str_),
         image_ids=np.array(list(image_ids), dtype=np.str_),
+        image_keys=np.array(list(image_keys if image_keys is not None else image_ids), np.str_),
         image_sizes=np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2),
         det_image=joined("image", (0,), np.int64)[order],
         det_label=joined("label", (0,), np.int64)[order],
@@ -193,10 +194,10 @@ class Outcome:
     """What each detection and ground-truth box is at one (confidence, IoU) point.
 
     The first ``kept`` detections pass the cut. ``det_truth`` is the box each matched (-1:
-    none); an unmatched detection is a *confusion* when it overlaps a missed box of another
-    label by at least the IoU threshold (``det_confused`` is that box; a box is confused by
-    its highest-scoring such detection only), otherwise a *false alarm*. A box is found,
-    confused or missed.
+    none); an unmatched detection is a *confusion* when the box of another label it overlaps
+    most is missed and overlaps it by at least the IoU threshold (``det_confused`` is that
+    box; a box is confused by its highest-scoring such detection only), otherwise a *false
+    alarm*. A box is found, confused or missed.
     """
 
     confidence: float
@@ -272,15 +273,15 @@ def counts(table: MatchTable, point: Outcome) -> Counts:
     return Counts(tp=tp, fp=detected - tp, fn=truths - found)
 
 
-def rates(tp: FloatArray, fp: FloatArray, fn: FloatArray) -> tuple[FloatArray, ...]:
+def rates(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> tuple[FloatArray, ...]:
     """Precision, recall and F1 with the Vertex conventions of :mod:`app.detector.metrics`:
     precision 1 when nothing is detected, recall 0 without ground truth, F1 0 when both 0."""
-    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
-    detected, present = tp + fp, tp + fn
-    precision = np.divide(tp, detected, out=np.ones_like(tp), where=detected > 0)
-    recall = np.divide(tp, present, out=np.zeros_like(tp), where=present > 0)
+    hits, misses, alarms = (np.asarray(a, dtype=np.float64) for a in (tp, fn, fp))
+    detected, present = hits + alarms, hits + misses
+    precision = np.divide(hits, detected, out=np.ones_like(hits), where=detected > 0)
+    recall = np.divide(hits, present, out=np.zeros_like(hits), where=present > 0)
     total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(tp), where=total > 0)
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
     return precision, recall, f1
 
 
@@ -389,8 +390,8 @@ def image_counts(table: MatchTable, point: Outcome, *, label: int | None = None)
     if label is not None:
         det_mine = table.det_label[: point.kept] == label
         truth_mine = table.truth_label == label
-        confused_truth = np.where(confused_mine, point.det_confused, 0)
-        confused_mine &= det_mine | (table.truth_label[confused_truth] == label)
+        truth_labels = np.append(table.truth_label, -1)  # position -1: no box
+        confused_mine &= det_mine | (truth_labels[point.det_confused] == label)
 
     def per_image(images: IntArray) -> IntArray:
         return np.bincount(images, minlength=n).astype(np.int64)

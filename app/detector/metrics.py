@@ -223,9 +223,7 @@ def _evaluate_images(
             dt = dt_boxes[order]
             gt_area, dt_area = _areas(gt)[None, :], _areas(dt)[None, :]
             gt_ignore = (gt_area < lows) | (gt_area > highs)
-            matched, matched_ignored, _ = match_image(
-                box_iou(dt, gt), gt_ignore, iou_thresholds
-            )
+            matched, matched_ignored, _ = match_image(box_iou(dt, gt), gt_ignore, iou_thresholds)
             # Unmatched detections outside the area range do not count as false positives.
             dt_out = ((dt_area < lows) | (dt_area > highs))[:, None, :]
             per_label[label].append(

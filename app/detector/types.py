@@ -9,6 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from app.detector.matches import MatchTable
+
 # Reads the encoded bytes (JPEG, PNG, ...) of an image given its sample key.
 ReadImage = Callable[[str], bytes]
 
@@ -101,13 +103,17 @@ class Evaluation:
 
     ``vertex`` is :func:`app.detector.metrics.vertex_metrics`' result (``metrics`` in the
     DESIGN.md §3.3 shape and per-label ``slices``); ``coco`` COCO's 12 summary figures overall
-    and ``coco_per_label`` by label name (-1 where undefined).
+    and ``coco_per_label`` by label name (-1 where undefined); ``matches`` every detection's
+    matches, from which any point of the confidence/IoU slider is read.
     """
 
     vertex: dict[str, Any]
     coco: dict[str, float]
     coco_per_label: dict[str, dict[str, float]]
+    matches: MatchTable
     image_count: int
     box_count: int
     detection_count: int
     seconds: float
+    inference_seconds: float  # reading, resizing and predicting the images
+    metric_seconds: float  # matching and scoring

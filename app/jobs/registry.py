@@ -75,6 +75,8 @@ def default_registry() -> JobRegistry:
     """Every job kind the service runs. Domains add their ``tasks`` here as they arrive."""
     from app.datasets import service as datasets_service
     from app.datasets import tasks as datasets_tasks
+    from app.evaluation import service as evaluation_service
+    from app.evaluation import tasks as evaluation_tasks
     from app.training import service as training_service
     from app.training import tasks as training_tasks
 
@@ -83,4 +85,5 @@ def default_registry() -> JobRegistry:
     registry.register(datasets_service.IMPORT_KIND, datasets_tasks.import_dataset)
     registry.register(datasets_service.COLLECT_ORPHANS_KIND, datasets_tasks.collect_orphans)
     registry.register(training_service.TRAIN_KIND, training_tasks.train)
+    registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
     return registry

@@ -69,3 +69,22 @@ def check_page_size(page_size: int | None, *, default: int) -> int:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidInput.field("pageSize", f"must be between 1 and {MAX_PAGE_SIZE}")
     return page_size
+
+
+def encode_offset_token(offset: int, *, filter_key: str = "") -> str:
+    """A token for lists computed afresh on each call in a fixed order (no stored rows)."""
+    raw = json.dumps({"o": offset, "f": _filter_digest(filter_key)})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_offset_token(token: str | None, *, filter_key: str = "") -> int:
+    if not token:
+        return 0
+    try:
+        raw: dict[str, Any] = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        offset, digest = int(raw["o"]), raw["f"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput.field("pageToken", "is not a token that this list returned") from exc
+    if digest != _filter_digest(filter_key) or offset < 0:
+        raise InvalidInput.field("pageToken", "was issued for a different filter")
+    return offset

@@ -1,37 +1,24 @@
-"""Model registry routes (read-only for now): models, their versions and evaluations."""
+"""Model registry routes (read-only for now): models and their versions."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
-from app.db.dataset_image import Split
-from app.db.evaluation import Evaluation
 from app.db.model import Model
 from app.db.model_version import ModelVersion
 from app.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated, error_responses
 from app.kit.pagination import check_page_size, decode_token, encode_token
 from app.registry import service
-from app.registry.schemas import (
-    CocoMetrics,
-    EvaluationArtifact,
-    EvaluationList,
-    EvaluationRead,
-    EvaluationSlice,
-    ModelList,
-    ModelRead,
-    ModelVersionRead,
-    ObjectDetectionMetrics,
-)
-from app.web.deps import BlobsDep, SessionDep, SettingsDep
+from app.registry.schemas import ModelList, ModelRead, ModelVersionRead
+from app.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 ModelId = Annotated[str, Path(alias="modelId")]
-EvaluationId = Annotated[str, Path(alias="evaluationId")]
 AUTH = (Unauthenticated, PermissionDenied)
 READ = [Depends(require(Scope.READ))]
 
@@ -59,34 +46,6 @@ def _model_read(model: Model, versions: list[ModelVersion]) -> ModelRead:
         create_time=model.created_at,
         update_time=model.updated_at,
     )
-
-
-def _evaluation_read(
-    evaluation: Evaluation, document: dict[str, Any] | None = None
-) -> EvaluationRead:
-    read = EvaluationRead(
-        id=evaluation.id,
-        name=f"models/{evaluation.model_id}/evaluations/{evaluation.id}",
-        model_id=evaluation.model_id,
-        model_version=evaluation.model_version,
-        dataset_id=evaluation.dataset_id,
-        split=Split(evaluation.split),
-        artifact=EvaluationArtifact(
-            format=evaluation.artifact_format,
-            sha256=evaluation.artifact_sha256,
-        ),
-        bounding_box_mean_average_precision=evaluation.bounding_box_mean_average_precision,
-        ap50=evaluation.ap50,
-        ap50_95=evaluation.ap50_95,
-        evaluated_bounding_box_count=evaluation.evaluated_bounding_box_count,
-        image_count=evaluation.image_count,
-        create_time=evaluation.created_at,
-    )
-    if document is not None:
-        read.metrics = ObjectDetectionMetrics.model_validate(document["metrics"])
-        read.slices = [EvaluationSlice.model_validate(s) for s in document["slices"]]
-        read.coco_metrics = CocoMetrics.model_validate(document["cocoMetrics"])
-    return read
 
 
 @router.get(
@@ -121,44 +80,3 @@ def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
     """Get a model: its labels, type, input size and versions."""
     model = service.get(session, model_id=model_id)
     return _model_read(model, service.versions(session, [model])[model.id])
-
-
-@router.get(
-    "/models/{modelId}/evaluations",
-    response_model=EvaluationList,
-    dependencies=READ,
-    responses=error_responses(InvalidInput, NotFound, *AUTH),
-)
-def list_evaluations(
-    model_id: ModelId,
-    session: SessionDep,
-    settings: SettingsDep,
-    page_size: Annotated[int | None, Query(alias="pageSize")] = None,
-    page_token: Annotated[str | None, Query(alias="pageToken")] = None,
-) -> EvaluationList:
-    """List a model's evaluations, newest first, with their summary figures."""
-    size = check_page_size(page_size, default=settings.default_page_size)
-    evaluations, cursor = service.list_evaluations(
-        session,
-        model_id=model_id,
-        page_size=size,
-        after=decode_token(page_token, filter_key=model_id),
-    )
-    return EvaluationList(
-        evaluations=[_evaluation_read(e) for e in evaluations],
-        next_page_token=encode_token(cursor, filter_key=model_id) if cursor else None,
-    )
-
-
-@router.get(
-    "/models/{modelId}/evaluations/{evaluationId}",
-    response_model=EvaluationRead,
-    dependencies=READ,
-    responses=error_responses(NotFound, *AUTH),
-)
-def get_evaluation(
-    model_id: ModelId, evaluation_id: EvaluationId, session: SessionDep, blobs: BlobsDep
-) -> EvaluationRead:
-    """Get an evaluation with Vertex's metrics, per-label slices and COCO's figures."""
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    return _evaluation_read(evaluation, service.evaluation_metrics(blobs, evaluation))

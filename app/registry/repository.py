@@ -1,4 +1,4 @@
-"""Every query on models, their versions and their evaluations."""
+"""Every query on models and their versions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.evaluation import Evaluation
 from app.db.model import Model
 from app.db.model_version import ModelVersion
 from app.kit.pagination import PageCursor, newest_first
@@ -15,7 +14,7 @@ from app.kit.pagination import PageCursor, newest_first
 # -- models ------------------------------------------------------------------------------
 
 
-def add(session: Session, row: Model | ModelVersion | Evaluation) -> None:
+def add(session: Session, row: Model | ModelVersion) -> None:
     session.add(row)
     session.flush()
 
@@ -47,6 +46,14 @@ def versions_of(session: Session, model_ids: Sequence[str]) -> dict[str, list[Mo
     return versions
 
 
+def get_version(session: Session, model_id: str, version: int) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.model_id == model_id, ModelVersion.version == version
+        )
+    ).one_or_none()
+
+
 def latest_version(session: Session, model_id: str) -> ModelVersion | None:
     return session.scalars(
         select(ModelVersion)
@@ -54,25 +61,3 @@ def latest_version(session: Session, model_id: str) -> ModelVersion | None:
         .order_by(ModelVersion.version.desc())
         .limit(1)
     ).first()
-
-
-# -- evaluations -------------------------------------------------------------------------
-
-
-def list_evaluations(
-    session: Session, *, model_id: str, limit: int, after: PageCursor | None
-) -> Sequence[Evaluation]:
-    query = newest_first(
-        select(Evaluation).where(Evaluation.model_id == model_id),
-        time=Evaluation.created_at,
-        id=Evaluation.id,
-        after=after,
-        limit=limit,
-    )
-    return session.scalars(query).all()
-
-
-def get_evaluation(session: Session, *, model_id: str, evaluation_id: str) -> Evaluation | None:
-    return session.scalars(
-        select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.model_id == model_id)
-    ).one_or_none()

@@ -24,6 +24,7 @@ from app.db.training_job import TrainingJob
 from app.detector.types import Evaluation as DetectorEvaluation
 from app.detector.types import Progress, Sample, TrainConfig, TrainResult
 from app.errors import AppError, FailedPrecondition, NotFound
+from app.evaluation import service as evaluation_service
 from app.jobs import repository as jobs_repository
 from app.jobs.context import JobCancelled, JobContext, LeaseLost, WorkerStopping
 from app.kit.clock import utcnow
@@ -179,8 +180,16 @@ class TrainingRun:
             # The core refuses input it cannot train on (e.g. a base model's labels): final.
             raise FailedPrecondition(f"training refused the job: {exc}") from exc
         self.ctx.checkpoint()
+        # The dataset's image ids, in the samples' order, name the images of the evaluation.
+        scored_ids = [i["id"] for i in snapshot["images"] if i["split"] == scored_split.value]
         return self._finish(
-            job, labels, samples[scored_split], scored_split, result, resumed=resume is not None
+            job,
+            labels,
+            samples[scored_split],
+            scored_ids,
+            scored_split,
+            result,
+            resumed=resume is not None,
         )
 
     # -- hooks (app.detector.types.TrainHooks) ---------------------------------------------
@@ -233,6 +242,7 @@ class TrainingRun:
         job: _Job,
         labels: tuple[str, ...],
         eval_samples: list[Sample],
+        eval_ids: list[str],
         split: Split,
         result: TrainResult,
         *,
@@ -254,13 +264,12 @@ class TrainingRun:
         self.blobs.put(weights.key, result.model, content_type="application/octet-stream")
 
         scored: DetectorEvaluation | None = None
-        metrics_key = registry_service.metrics_key(model_id, service.evaluation_id_for(job.id))
+        evaluation_id = service.evaluation_id_for(job.id)
+        metrics_key = ""
         if eval_samples:
-            scored = evaluate(result.model, eval_samples, self.blobs.get)
-            self.blobs.put(
-                metrics_key,
-                registry_service.metrics_document(scored),
-                content_type="application/json",
+            scored = evaluate(result.model, eval_samples, self.blobs.get, image_ids=eval_ids)
+            metrics_key = evaluation_service.store_scored(
+                self.blobs, model_id=model_id, evaluation_id=evaluation_id, scored=scored
             )
         self.ctx.checkpoint()
 
@@ -278,14 +287,17 @@ class TrainingRun:
         )
         evaluation = None
         if scored is not None:
-            evaluation = registry_service.add_evaluation(
+            evaluation = evaluation_service.add_evaluation(
                 session,
-                evaluation_id=service.evaluation_id_for(job.id),
+                evaluation_id=evaluation_id,
                 model_version=version,
                 dataset_id=job.dataset_id,
                 split=split.value,
+                artifact=evaluation_service.artifact_of(
+                    version, evaluation_service.ARTIFACT_PYTORCH
+                ),
                 metrics_blob_key=metrics_key,
-                summary=registry_service.EvaluationSummary.of(scored),
+                summary=evaluation_service.EvaluationSummary.of(scored),
             )
         # The budget covers training and the evaluation after it.
         cost = _cost(result.elapsed_seconds + time.monotonic() - finishing)

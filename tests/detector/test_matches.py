@@ -165,3 +165,16 @@ def test_an_evaluation_without_detections_or_truths_has_a_table() -> None:
     point = matches.outcome(table, confidence=0.5, iou=0.5)
     assert matches.confusion_matrix(table, point).sum() == 0
     assert matches.best_f1(matches.curve(table, iou=0.5)) is None
+
+
+def test_per_image_counts_of_a_label_without_any_ground_truth() -> None:
+    table = matches.build(
+        [truth([], [])],
+        [dets([[0, 0, 10, 10]], [0.9], [0])],
+        label_names=["a"],
+        image_ids=["x"],
+        image_sizes=[(20, 20)],
+    )
+    point = matches.outcome(table, confidence=0.5, iou=0.5)
+    counts = matches.image_counts(table, point, label=0)
+    assert (counts.false_positives[0], counts.errors[0]) == (1, 1)

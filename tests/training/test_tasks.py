@@ -96,6 +96,7 @@ def test_a_job_trains_registers_and_evaluates_its_model(client, make_dataset, ru
             f"training/{job['id']}/snapshot.json",
             f"models/{model_id}/versions/1/model.pt",
             f"models/{model_id}/evaluations/{summary['id']}/metrics.json",
+            f"models/{model_id}/evaluations/{summary['id']}/matches.npz",
         ]
     )
     error = client.post(f"/v1/trainingJobs/{job['id']}:cancel").json()["error"]
