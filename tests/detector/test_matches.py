@@ -56,7 +56,7 @@ def test_an_iou_between_grid_steps_uses_the_nearest_stored_threshold() -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_the_slider_agrees_with_the_stored_vertex_figures(seed: int) -> None:
-    table, truths, detections, num_labels = table_of(seed)
+    table, truths, detections, _ = table_of(seed)
     names = [str(name) for name in table.labels]
     vertex = vertex_metrics(truths, detections, label_names=names)
     for t, iou in enumerate(THRESHOLDS):
@@ -120,10 +120,12 @@ def test_a_box_found_with_the_wrong_label_is_a_confusion_not_a_miss() -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_recommended_thresholds_are_the_best_of_every_cut(seed: int) -> None:
-    table, truths, detections, num_labels = table_of(seed)
+    table, *_, num_labels = table_of(seed)
     for label in [None, *range(num_labels)]:
         line = matches.curve(table, iou=0.5, label=label)
-        cuts = np.unique(table.det_score if label is None else table.det_score[table.det_label == label])
+        cuts = np.unique(
+            table.det_score if label is None else table.det_score[table.det_label == label]
+        )
         f1s, precisions = {}, {}
         for cut in cuts:
             got = matches.counts(table, matches.outcome(table, confidence=cut, iou=0.5))
@@ -160,7 +162,11 @@ def test_the_table_round_trips_through_bytes_and_refuses_other_formats() -> None
 
 def test_an_evaluation_without_detections_or_truths_has_a_table() -> None:
     table = matches.build(
-        [truth([], [])], [dets([], [], [])], label_names=["a"], image_ids=["x"], image_sizes=[(1, 1)]
+        [truth([], [])],
+        [dets([], [], [])],
+        label_names=["a"],
+        image_ids=["x"],
+        image_sizes=[(1, 1)],
     )
     point = matches.outcome(table, confidence=0.5, iou=0.5)
     assert matches.confusion_matrix(table, point).sum() == 0
