@@ -68,6 +68,18 @@ class MatchTable:
     def num_truths(self) -> int:
         return len(self.truth_label)
 
+    def records(self) -> tuple[list[ImageTruth], list[ImageDetections]]:
+        """The per-image records the table was built from (the detections it kept)."""
+        truths, detections = [], []
+        for image in range(len(self.image_ids)):
+            mine = self.truth_image == image
+            truths.append(ImageTruth(self.truth_box[mine], self.truth_label[mine]))
+            found = self.det_image == image
+            detections.append(
+                ImageDetections(self.det_box[found], self.det_score[found], self.det_label[found])
+            )
+        return truths, detections
+
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
         arrays = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -184,3 +184,17 @@ def test_per_image_counts_of_a_label_without_any_ground_truth() -> None:
     point = matches.outcome(table, confidence=0.5, iou=0.5)
     counts = matches.image_counts(table, point, label=0)
     assert (counts.false_positives[0], counts.errors[0]) == (1, 1)
+
+
+def test_the_table_gives_back_the_records_it_was_built_from() -> None:
+    table, truths, detections, _ = table_of(40)
+    again_truths, again_detections = table.records()
+    for before, after in zip(truths, again_truths, strict=True):
+        np.testing.assert_array_equal(before.boxes.reshape(-1, 4), after.boxes)
+        np.testing.assert_array_equal(before.labels, after.labels)
+    for before, after in zip(detections, again_detections, strict=True):
+
+        def rows(d):
+            return sorted(zip(d.scores.tolist(), d.labels.tolist(), d.boxes.tolist(), strict=True))
+
+        assert rows(after) == rows(before)
