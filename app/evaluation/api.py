@@ -183,7 +183,8 @@ def render_image_result(
     key = str(at.table.image_keys[image])
     if not blobs.exists(key):
         raise NotFound(f"image {image_id!r} is no longer stored")
-    png = render(blobs.get(key), service.image_result(at, image))
+    [result] = service.image_results(at, [image])
+    png = render(blobs.get(key), result)
     return Response(png, media_type="image/png", headers=IMMUTABLE)
 
 
@@ -284,7 +285,7 @@ def list_image_results(
     return ImageResultList(
         confidence_threshold=at.outcome.confidence,
         iou_threshold=at.outcome.iou_threshold,
-        image_results=[service.image_result(at, image) for image in order[start:end]],
+        image_results=service.image_results(at, order[start:end]),
         total_size=len(order),
         next_page_token=encode_offset_token(end, filter_key=query) if end < len(order) else None,
     )
@@ -308,7 +309,8 @@ def get_image_result(
     """One image's detections and ground truth at a point."""
     evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
     at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=None)
-    return service.image_result(at, service.image_index(at.table, image_id))
+    [result] = service.image_results(at, [service.image_index(at.table, image_id)])
+    return result
 
 
 @router.get(

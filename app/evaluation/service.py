@@ -491,8 +491,13 @@ def image_order(at: Point, *, order_by: str, only_errors: bool) -> list[int]:
     return [int(i) for i in order]
 
 
-def image_result(at: Point, image: int) -> ImageResult:
-    """One image's detections and ground truth at a point, boxes relative to the image."""
+def image_results(at: Point, images: Sequence[int]) -> list[ImageResult]:
+    """Images' detections and ground truth at a point, boxes relative to each image."""
+    counts = matches.image_counts(at.table, at.outcome, label=at.label)
+    return [_image_result(at, image, counts) for image in images]
+
+
+def _image_result(at: Point, image: int, counts: matches.ImageCounts) -> ImageResult:
     table, outcome = at.table, at.outcome
     width, height = (int(v) for v in table.image_sizes[image])
     scale = np.array([width, height, width, height], dtype=np.float64)
@@ -532,7 +537,6 @@ def image_result(at: Point, image: int) -> ImageResult:
         )
         for g in truths
     ]
-    counts = matches.image_counts(table, outcome, label=at.label)
     return ImageResult(
         image_id=str(table.image_ids[image]),
         width=width,

@@ -128,14 +128,19 @@ def test_a_request_the_model_cannot_answer_is_refused_naming_the_problem(
     assert "evaluation.evaluate" not in kinds, "nothing was queued"
 
 
-def test_a_model_file_that_cannot_be_scored_fails_and_leaves_nothing(
-    client, make_dataset, run_jobs, session_factory, settings
-):
+def queue_for_stand_in(client, make_dataset, session_factory) -> tuple[str, dict[str, Any]]:
+    """A model whose file is not a detector, and an evaluation of it queued."""
     model_id = add_model(
         session_factory, client, labels=SHAPES, model_type="MOBILE_TF_LOW_LATENCY_1"
     )
     dataset_id = make_dataset({"TRAIN": 3, "TEST": 2})
-    operation = evaluate(client, model_id, datasetId=dataset_id).json()
+    return model_id, evaluate(client, model_id, datasetId=dataset_id).json()
+
+
+def test_a_model_file_that_cannot_be_scored_fails_and_leaves_nothing(
+    client, make_dataset, run_jobs, session_factory, settings
+):
+    model_id, operation = queue_for_stand_in(client, make_dataset, session_factory)
     assert run_jobs() == 1
     operation = client.get(f"/v1/operations/{operation['id']}").json()
     assert operation["metadata"]["state"] == "FAILED"
@@ -149,11 +154,7 @@ def test_a_model_file_that_cannot_be_scored_fails_and_leaves_nothing(
 def test_a_cancelled_evaluation_never_runs(
     client, make_dataset, run_jobs, session_factory, settings
 ):
-    model_id = add_model(
-        session_factory, client, labels=SHAPES, model_type="MOBILE_TF_LOW_LATENCY_1"
-    )
-    dataset_id = make_dataset({"TRAIN": 3, "TEST": 2})
-    operation = evaluate(client, model_id, datasetId=dataset_id).json()
+    model_id, operation = queue_for_stand_in(client, make_dataset, session_factory)
     cancelled = client.post(f"/v1/operations/{operation['id']}:cancel").json()
     assert cancelled["metadata"]["state"] == "CANCELLED"
     assert run_jobs() == 0
