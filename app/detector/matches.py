@@ -53,7 +53,7 @@ class MatchTable:
     det_label: IntArray  # (D,)
     det_score: FloatArray  # (D,)
     det_box: FloatArray  # (D, 4)
-    det_truth: IntArray  # (D, T)
+    det_truth: NDArray[np.int32]  # (D, T); int32 halves the largest array of the table
     det_other_truth: IntArray  # (D,)
     det_other_iou: FloatArray  # (D,)
     truth_image: IntArray  # (G,)
@@ -174,7 +174,7 @@ def build(
         det_label=joined("label", (0,), np.int64)[order],
         det_score=scores[order],
         det_box=joined("box", (0, 4), np.float64)[order],
-        det_truth=joined("truth", (0, num_t), np.int64)[order],
+        det_truth=joined("truth", (0, num_t), np.int32)[order],
         det_other_truth=joined("other", (0,), np.int64)[order],
         det_other_iou=joined("other_iou", (0,), np.float64)[order],
         truth_image=np.concatenate(truth_image) if truth_image else np.zeros(0, np.int64),
@@ -215,7 +215,7 @@ class Outcome:
     confidence: float
     iou_threshold: float
     kept: int
-    det_truth: IntArray  # (kept,)
+    det_truth: NDArray[np.int32]  # (kept,)
     det_confused: IntArray  # (kept,)
     truth_found: NDArray[np.bool_]  # (G,)
     truth_confused: NDArray[np.bool_]  # (G,)
