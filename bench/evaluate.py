@@ -195,7 +195,7 @@ def slider_over_http(
                 model_version=version,
                 dataset_id="bench",
                 split="TEST",
-                artifact=evaluation_service.artifact_of(version, "pytorch"),
+                artifact=evaluation_service.artifact_of(session, version, "pytorch"),
                 metrics_blob_key=key,
                 summary=evaluation_service.EvaluationSummary.of(scored),
             )

@@ -13,6 +13,7 @@ from app.db.image import Image
 from app.db.import_row import ImportRow
 from app.db.job import Job, JobState
 from app.db.model import Model
+from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
 from app.db.training_job import TrainingJob
 
@@ -28,6 +29,7 @@ __all__ = [
     "Job",
     "JobState",
     "Model",
+    "ModelArtifact",
     "ModelVersion",
     "Split",
     "TrainingJob",

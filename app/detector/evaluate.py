@@ -91,9 +91,18 @@ def pytorch_runner(model: bytes) -> Runner:
     )
 
 
-# How each artifact format is run. The export domain adds "onnx", "tflite" and "tflite-int8"
-# here; evaluating an exported file then scores exactly what users ship.
-RUNNERS: dict[str, Callable[[bytes], Runner]] = {"pytorch": pytorch_runner}
+def onnx_runner(model: bytes) -> Runner:
+    from app.detector.export import OnnxPredictor
+
+    predictor = OnnxPredictor(model)
+    return Runner(
+        labels=predictor.labels, input_size=predictor.input_size, predict=predictor.predict
+    )
+
+
+# How each artifact format is run: evaluating an exported file scores exactly what users
+# ship. "tflite" and "tflite-int8" join when their export does.
+RUNNERS: dict[str, Callable[[bytes], Runner]] = {"pytorch": pytorch_runner, "onnx": onnx_runner}
 
 # Images predicted between two progress reports (each report may stop a cancelled job).
 PROGRESS_BATCH = 64

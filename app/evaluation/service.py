@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from app.detector.types import Evaluation as Scored
 
 EVALUATE_KIND = "evaluation.evaluate"
-ARTIFACT_PYTORCH = "pytorch"
+ARTIFACT_PYTORCH = registry_service.PYTORCH
 # Tables kept decoded in memory: a slider drag asks for many points of the same evaluation.
 MATCH_TABLE_CACHE_SIZE = 8
 
@@ -94,14 +94,19 @@ class Artifact:
     sha256: str
 
 
-def artifact_of(version: ModelVersion, artifact_format: str) -> Artifact:
-    """The file of a model version in a format. The export domain adds its formats here."""
+def artifact_of(session: Session, version: ModelVersion, artifact_format: str) -> Artifact:
+    """The file of a model version in a format: its weights, or an exported file."""
     if artifact_format == ARTIFACT_PYTORCH:
         return Artifact(ARTIFACT_PYTORCH, version.weights_blob_key, version.weights_sha256)
-    raise FailedPrecondition(
-        f"model {version.model_id!r} version {version.version} has no {artifact_format} "
-        f"file: export it first (POST /v1/models/{version.model_id}:export)"
+    exported = registry_service.get_artifact(
+        session, model_id=version.model_id, version=version.version, format=artifact_format
     )
+    if exported is None:
+        raise FailedPrecondition(
+            f"model {version.model_id!r} version {version.version} has no {artifact_format} "
+            f"file: export it first (POST /v1/models/{version.model_id}:export)"
+        )
+    return Artifact(artifact_format, exported.blob_key, exported.sha256)
 
 
 @dataclass(frozen=True)
@@ -244,21 +249,13 @@ def split_samples(
     return SplitSamples(image_ids, samples)
 
 
-def model_version(session: Session, *, model_id: str, version: int | None) -> ModelVersion:
-    registry_service.get(session, model_id=model_id)
-    if version is None:
-        return registry_service.latest_version(session, model_id=model_id)
-    found = registry_service.get_version(session, model_id=model_id, version=version)
-    if found is None:
-        raise InvalidInput.field("modelVersion", f"model {model_id!r} has no version {version}")
-    return found
-
-
 def create(session: Session, *, model_id: str, evaluation_in: EvaluationCreate) -> Job:
     """Check the request and queue the evaluation as an operation (in the caller's
     transaction); the evaluation appears in the model's list when the operation succeeds."""
-    version = model_version(session, model_id=model_id, version=evaluation_in.model_version)
-    artifact = artifact_of(version, evaluation_in.artifact_format)
+    version = registry_service.version_of(
+        session, model_id=model_id, version=evaluation_in.model_version
+    )
+    artifact = artifact_of(session, version, evaluation_in.artifact_format)
     model = registry_service.get(session, model_id=model_id)
     dataset = datasets_service.get(session, dataset_id=evaluation_in.dataset_id)
     found = split_samples(

@@ -46,8 +46,10 @@ def _evaluate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     with ctx.transaction() as session:
         model = registry_service.get(session, model_id=model_id)
         labels = list(model.labels)
-        version = service.model_version(session, model_id=model_id, version=payload["modelVersion"])
-        artifact = service.artifact_of(version, payload["artifactFormat"])
+        version = registry_service.version_of(
+            session, model_id=model_id, version=payload["modelVersion"]
+        )
+        artifact = service.artifact_of(session, version, payload["artifactFormat"])
         # Read when the job runs: the split as it stands then (checked again, labels too).
         found = service.split_samples(
             session, dataset_id=payload["datasetId"], split=split, labels=labels

@@ -77,6 +77,8 @@ def default_registry() -> JobRegistry:
     from app.datasets import tasks as datasets_tasks
     from app.evaluation import service as evaluation_service
     from app.evaluation import tasks as evaluation_tasks
+    from app.registry import service as registry_service
+    from app.registry import tasks as registry_tasks
     from app.training import service as training_service
     from app.training import tasks as training_tasks
 
@@ -86,4 +88,5 @@ def default_registry() -> JobRegistry:
     registry.register(datasets_service.COLLECT_ORPHANS_KIND, datasets_tasks.collect_orphans)
     registry.register(training_service.TRAIN_KIND, training_tasks.train)
     registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
+    registry.register(registry_service.EXPORT_KIND, registry_tasks.export_model)
     return registry

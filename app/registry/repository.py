@@ -8,13 +8,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.model import Model
+from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
 from app.kit.pagination import PageCursor, newest_first
 
 # -- models ------------------------------------------------------------------------------
 
 
-def add(session: Session, row: Model | ModelVersion) -> None:
+def add(session: Session, row: Model | ModelVersion | ModelArtifact) -> None:
     session.add(row)
     session.flush()
 
@@ -61,3 +62,31 @@ def latest_version(session: Session, model_id: str) -> ModelVersion | None:
         .order_by(ModelVersion.version.desc())
         .limit(1)
     ).first()
+
+
+# -- exported files ----------------------------------------------------------------------
+
+
+def get_artifact(
+    session: Session, *, model_id: str, version: int, format: str
+) -> ModelArtifact | None:
+    return session.scalars(
+        select(ModelArtifact).where(
+            ModelArtifact.model_id == model_id,
+            ModelArtifact.model_version == version,
+            ModelArtifact.format == format,
+        )
+    ).one_or_none()
+
+
+def artifacts_of(session: Session, model_ids: Sequence[str]) -> dict[str, list[ModelArtifact]]:
+    """Each model's exported files, by version then format."""
+    found: dict[str, list[ModelArtifact]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        for artifact in session.scalars(
+            select(ModelArtifact)
+            .where(ModelArtifact.model_id.in_(model_ids))
+            .order_by(ModelArtifact.model_id, ModelArtifact.model_version, ModelArtifact.format)
+        ):
+            found[artifact.model_id].append(artifact)
+    return found

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import Field
 
 from app.kit.schemas import ApiModel
+
+ExportFormat = Literal["onnx", "tflite", "tflite-int8"]
+
+
+class ArtifactRead(ApiModel):
+    format: ExportFormat
+    sha256: str = Field(description="SHA-256 of the file: its ETag when downloaded.")
+    size_bytes: int
+    details: dict[str, Any] = Field(description="Opset, input, outputs, labels.")
+    create_time: datetime
 
 
 class ModelVersionRead(ApiModel):
@@ -14,7 +25,15 @@ class ModelVersionRead(ApiModel):
     training_job_id: str | None = None
     sha256: str = Field(description="SHA-256 of the PyTorch model file.")
     size_bytes: int
+    artifacts: list[ArtifactRead] = Field(
+        default_factory=list, description="Exported files (GET …/artifacts/{format})."
+    )
     create_time: datetime
+
+
+class ExportRequest(ApiModel):
+    format: ExportFormat
+    model_version: int | None = Field(default=None, ge=1, description="Default: the latest.")
 
 
 class ModelRead(ApiModel):

@@ -4,22 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.db.job import Job
 from app.db.model import Model
+from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
-from app.errors import NotFound
+from app.errors import FailedPrecondition, InvalidInput, NotFound
+from app.jobs import service as jobs_service
 from app.kit.clock import utcnow
 from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
 from app.registry import repository
+from app.registry.schemas import ExportRequest
+
+EXPORT_KIND = "registry.export"
+PYTORCH = "pytorch"
+ARTIFACT_FILES = {
+    "onnx": "model.onnx",
+    "tflite": "model.tflite",
+    "tflite-int8": "model_int8.tflite",
+}
+# The formats this build exports; the others are refused with the reason.
+EXPORTABLE = ("onnx",)
 
 # -- storage layout ----------------------------------------------------------------------
 
 
 def weights_key(model_id: str, version: int) -> str:
     return f"models/{model_id}/versions/{version}/model.pt"
+
+
+def artifact_key(model_id: str, version: int, format: str) -> str:
+    return f"models/{model_id}/versions/{version}/{ARTIFACT_FILES[format]}"
 
 
 def model_prefix(model_id: str) -> str:
@@ -52,6 +71,17 @@ def versions(session: Session, models: Sequence[Model]) -> dict[str, list[ModelV
 
 def get_version(session: Session, *, model_id: str, version: int) -> ModelVersion | None:
     return repository.get_version(session, model_id, version)
+
+
+def version_of(session: Session, *, model_id: str, version: int | None) -> ModelVersion:
+    """A model's version by number, or its latest; InvalidInput names a missing number."""
+    get(session, model_id=model_id)
+    if version is None:
+        return latest_version(session, model_id=model_id)
+    found = get_version(session, model_id=model_id, version=version)
+    if found is None:
+        raise InvalidInput.field("modelVersion", f"model {model_id!r} has no version {version}")
+    return found
 
 
 def latest_version(session: Session, *, model_id: str) -> ModelVersion:
@@ -104,3 +134,81 @@ def create_model(
     )
     repository.add(session, version)
     return model, version
+
+
+# -- exported files ----------------------------------------------------------------------
+
+
+def request_export(session: Session, *, model_id: str, export_in: ExportRequest) -> Job:
+    """Queue the export of a model version to a format, as an operation; exporting again
+    returns the same file (the export is deterministic and kept)."""
+    version = version_of(session, model_id=model_id, version=export_in.model_version)
+    if export_in.format not in EXPORTABLE:
+        raise FailedPrecondition(
+            f"export to {export_in.format} is not available in this build; "
+            f"it exports {list(EXPORTABLE)}"
+        )
+    return jobs_service.enqueue(
+        session,
+        kind=EXPORT_KIND,
+        payload={"modelId": model_id, "modelVersion": version.version, "format": export_in.format},
+        description=f"export {model_id} v{version.version} to {export_in.format}",
+    )
+
+
+def get_artifact(
+    session: Session, *, model_id: str, version: int, format: str
+) -> ModelArtifact | None:
+    return repository.get_artifact(session, model_id=model_id, version=version, format=format)
+
+
+def artifacts(session: Session, models: Sequence[Model]) -> dict[str, list[ModelArtifact]]:
+    return repository.artifacts_of(session, [m.id for m in models])
+
+
+def add_artifact(
+    session: Session,
+    *,
+    version: ModelVersion,
+    format: str,
+    stored: StoredFile,
+    details: dict[str, Any],
+) -> ModelArtifact:
+    """Record an exported file of a model version (the file must already be stored)."""
+    artifact = ModelArtifact(
+        id=new_id(),
+        model_id=version.model_id,
+        model_version=version.version,
+        format=format,
+        blob_key=stored.key,
+        sha256=stored.sha256,
+        size_bytes=stored.size_bytes,
+        details=details,
+        created_at=utcnow(),
+    )
+    repository.add(session, artifact)
+    return artifact
+
+
+@dataclass(frozen=True)
+class Download:
+    key: str
+    sha256: str
+    size_bytes: int
+    filename: str
+
+
+def download(session: Session, *, model_id: str, version: int | None, format: str) -> Download:
+    """Where a version's file in a format is: the weights for ``pytorch``, else its export."""
+    found = version_of(session, model_id=model_id, version=version)
+    if format == PYTORCH:
+        return Download(
+            found.weights_blob_key, found.weights_sha256, found.weights_size_bytes, "model.pt"
+        )
+    artifact = get_artifact(session, model_id=model_id, version=found.version, format=format)
+    if artifact is None:
+        raise NotFound(
+            f"model {model_id!r} version {found.version} has no {format} file; export it "
+            f"with POST /v1/models/{model_id}:export"
+        )
+    return Download(artifact.blob_key, artifact.sha256, artifact.size_bytes, ARTIFACT_FILES[format])

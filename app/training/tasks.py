@@ -294,7 +294,7 @@ class TrainingRun:
                 dataset_id=job.dataset_id,
                 split=split.value,
                 artifact=evaluation_service.artifact_of(
-                    version, evaluation_service.ARTIFACT_PYTORCH
+                    session, version, evaluation_service.ARTIFACT_PYTORCH
                 ),
                 metrics_blob_key=metrics_key,
                 summary=evaluation_service.EvaluationSummary.of(scored),

@@ -92,7 +92,7 @@ def register_evaluation(
             model_version=version,
             dataset_id="ds1",
             split="TEST",
-            artifact=service.artifact_of(version, service.ARTIFACT_PYTORCH),
+            artifact=service.artifact_of(session, version, service.ARTIFACT_PYTORCH),
             metrics_blob_key=key,
             summary=service.EvaluationSummary.of(scored),
         )

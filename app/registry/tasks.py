@@ -1,0 +1,83 @@
+"""What a worker runs for an export: convert a model version's file and record the result."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from app.errors import FailedPrecondition, NotFound
+from app.jobs.context import JobContext
+from app.registry import service
+
+log = logging.getLogger(__name__)
+
+
+def _exporters() -> dict[str, Callable[[bytes], Any]]:
+    # Imported here: torch and onnx load only in the worker that exports.
+    from app.detector.export import export_onnx
+
+    return {"onnx": export_onnx}
+
+
+def export_model(ctx: JobContext) -> dict[str, Any]:
+    """Export a model version to a format; an existing export is returned as it is."""
+    model_id, number, format = (
+        ctx.payload["modelId"],
+        int(ctx.payload["modelVersion"]),
+        ctx.payload["format"],
+    )
+    with ctx.transaction() as session:
+        version = service.get_version(session, model_id=model_id, version=number)
+        if version is None:
+            raise NotFound(f"model {model_id!r} has no version {number}")
+        existing = service.get_artifact(session, model_id=model_id, version=number, format=format)
+        if existing is not None:
+            return _response(model_id, number, format, existing.sha256, existing.size_bytes)
+        weights_key, weights_sha256 = version.weights_blob_key, version.weights_sha256
+    exporter = _exporters().get(format)
+    if exporter is None:
+        raise FailedPrecondition(f"export to {format} is not available in this build")
+    weights = ctx.blobs.get(weights_key)
+    if hashlib.sha256(weights).hexdigest() != weights_sha256:
+        raise FailedPrecondition(f"the stored weights of {model_id!r} v{number} are corrupt")
+    try:
+        exported = exporter(weights)
+    except ValueError as exc:
+        raise FailedPrecondition(f"the model cannot be exported to {format}: {exc}") from exc
+    ctx.checkpoint()
+    stored = service.StoredFile(
+        key=service.artifact_key(model_id, number, format),
+        sha256=hashlib.sha256(exported.data).hexdigest(),
+        size_bytes=len(exported.data),
+    )
+    # Deterministic bytes under a fixed key: a retried attempt writes the same file again.
+    ctx.blobs.put(stored.key, exported.data, content_type="application/octet-stream")
+    session = ctx.session
+    version = service.get_version(session, model_id=model_id, version=number)
+    assert version is not None
+    service.add_artifact(
+        session, version=version, format=format, stored=stored, details=exported.details
+    )
+    log.info(
+        "registry.export.succeeded",
+        extra={
+            "model_id": model_id,
+            "version": number,
+            "format": format,
+            "bytes": stored.size_bytes,
+        },
+    )
+    return _response(model_id, number, format, stored.sha256, stored.size_bytes)
+
+
+def _response(model_id: str, version: int, format: str, sha256: str, size: int) -> dict[str, Any]:
+    return {
+        "modelId": model_id,
+        "modelVersion": version,
+        "format": format,
+        "sha256": sha256,
+        "sizeBytes": size,
+        "downloadPath": f"/v1/models/{model_id}/artifacts/{format}?modelVersion={version}",
+    }
