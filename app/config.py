@@ -82,6 +82,20 @@ class Settings(BaseSettings):
         ge=1,
         description="CPU threads a training job uses; unset: the trainer's default.",
     )
+    inference_threads: int = Field(
+        default=2, ge=1, description="onnxruntime threads per deployed model (intra-op)."
+    )
+    max_deployed_models: int = Field(
+        default=8, ge=1, description="Deployed models an API process keeps loaded at once."
+    )
+    predict_deploys_on_demand: bool = Field(
+        default=False,
+        description=":predict on a model that is not deployed deploys its latest ONNX file "
+        "instead of answering 409.",
+    )
+    max_predict_instances: int = Field(
+        default=16, ge=1, le=256, description="Images one :predict request may carry."
+    )
 
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)

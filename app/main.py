@@ -11,6 +11,7 @@ from app.db import migrate
 from app.db.session import make_engine, make_session_factory
 from app.evaluation.api import router as evaluation_router
 from app.health.api import router as health_router
+from app.inference.api import router as inference_router
 from app.jobs.api import router as operations_router
 from app.kit.blobs import BlobStore
 from app.registry.api import router as registry_router
@@ -61,4 +62,5 @@ def create_app(
     app.include_router(training_router)
     app.include_router(registry_router)
     app.include_router(evaluation_router)
+    app.include_router(inference_router)
     return app

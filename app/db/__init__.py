@@ -8,6 +8,7 @@ from app.db.base import Base
 from app.db.box import Box
 from app.db.dataset import Dataset
 from app.db.dataset_image import DatasetImage, Split
+from app.db.deployment import Deployment
 from app.db.evaluation import Evaluation
 from app.db.image import Image
 from app.db.import_row import ImportRow
@@ -23,6 +24,7 @@ __all__ = [
     "Box",
     "Dataset",
     "DatasetImage",
+    "Deployment",
     "Evaluation",
     "Image",
     "ImportRow",

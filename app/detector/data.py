@@ -96,16 +96,27 @@ def _area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
 
 
+def stretched(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A decoded image stretched to ``size`` square: the model's input."""
+    return F.resize(image, [size, size], antialias=True)
+
+
+def model_input(data: bytes, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The one preprocessing of an encoded image for the model, as evaluation and training's
+    validation see it (:class:`ImageCache` then :func:`plain_example`): decoded as displayed,
+    at a reduced JPEG scale where the image is much larger, stretched to ``size`` square.
+    Returns the uint8 (3, size, size) input and the displayed image's full width and height."""
+    image, full_size = decode(data, round(size * _CACHE_SCALE))
+    return stretched(image, size), full_size
+
+
 def plain_example(image: torch.Tensor, sample: Sample, size: int) -> Example:
     """The image stretched to ``size`` square, as at inference time (no augmentation)."""
     height, width = image.shape[1:]
     boxes = _pixel_boxes(sample, height, width)
-    resized, boxes = (
-        F.resize(tv_tensors.Image(image), [size, size], antialias=True),
-        F.resize(boxes, [size, size]),
-    )
+    resized, boxes = stretched(image, size), F.resize(boxes, [size, size])
     return Example(
-        resized.as_subclass(torch.Tensor),
+        resized,
         boxes.as_subclass(torch.Tensor),
         torch.from_numpy(np.asarray(sample.labels, dtype=np.int64)),
     )

@@ -1,4 +1,4 @@
-"""model artifacts (exported files of model versions)
+"""model artifacts (exported files of model versions) and deployments
 
 Revision ID: 0004
 Revises: 0003
@@ -40,7 +40,23 @@ def upgrade() -> None:
             "model_id", "model_version", "format", name=op.f("uq_model_artifacts_model_id")
         ),
     )
+    op.create_table(
+        "deployments",
+        sa.Column("model_id", sa.String(length=60), nullable=False),
+        sa.Column("model_version", sa.Integer(), nullable=False),
+        sa.Column("artifact_blob_key", sa.String(length=200), nullable=False),
+        sa.Column("artifact_sha256", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["model_id"],
+            ["models.id"],
+            name=op.f("fk_deployments_model_id_models"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("model_id", name=op.f("pk_deployments")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("deployments")
     op.drop_table("model_artifacts")
