@@ -1,12 +1,15 @@
 """Training as users run it: worker processes, a killed worker's job resumed by another, and
 a real dataset (../shared/datasets/fruit) trained through a served API to a useful model and
-evaluated again on demand, its figures agreeing with pycocotools.
+evaluated again on demand, its figures agreeing with pycocotools; then exported to ONNX,
+evaluated as exported, deployed and asked for predictions matching PyTorch's.
 
 These take minutes; the budgets are kept small.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import os
 import signal
 import subprocess
@@ -17,14 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
+from app.detector.bundle import load_bundle
+from app.detector.data import model_input
 from app.detector.matches import MatchTable
 from app.detector.metrics import THRESHOLDS
+from app.detector.predict import build_model, predict_images
+from app.detector.types import Detections
 from app.evaluation import service as evaluation_service
 from app.kit.blobs import open_blob_store
 from tests.datasets.conftest import SHARED_DATASETS
 from tests.datasets.test_shared_datasets import zip_folder
+from tests.detector.test_export import assert_same_detections
 from tests.detector.test_metrics import brute_force_counts, pycoco_stats, to_coco
 from tests.fixtures.server import REPO_ROOT, LiveServer
 from tests.support.processes import stop_all
@@ -139,6 +148,13 @@ def test_a_killed_workers_training_resumes_from_its_checkpoint_elsewhere(
     assert client.get(f"/v1/models/{done['modelId']}").json()["latestVersion"] == 1
 
 
+def test_photos(folder: Path) -> list[bytes]:
+    """The TEST split's photos of a dataset folder, in file order."""
+    with open(folder / "labels.csv", newline="") as file:
+        paths = sorted({row[1] for row in csv.reader(file) if row[0] == "TEST"})
+    return [(folder / path).read_bytes() for path in paths]
+
+
 def poll(http: httpx.Client, path: str, done: Callable[[dict[str, Any]], bool], timeout: float):
     return wait_for(lambda: (body := http.get(path).json()) and done(body) and body, timeout, path)
 
@@ -198,9 +214,51 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
             f"/v1/{again['name']}:threshold", params={"confidence": 0.4, "iou": 0.5}
         ).json()
 
+        # Exported to ONNX, the file scores as the weights do, and once deployed it answers
+        # :predict with PyTorch's detections on 20 TEST photos.
+        exported = http.post(f"/v1/models/{model_id}:export", json={"format": "onnx"}).json()
+        exported = poll(http, f"/v1/operations/{exported['id']}", lambda b: b["done"], 300)
+        assert exported["metadata"]["state"] == "SUCCEEDED", exported["error"]
+        started = http.post(
+            f"/v1/models/{model_id}/evaluations",
+            json={"datasetId": dataset["id"], "artifactFormat": "onnx"},
+        ).json()
+        operation = poll(http, f"/v1/operations/{started['id']}", lambda b: b["done"], 300)
+        assert operation["metadata"]["state"] == "SUCCEEDED", operation["error"]
+        as_onnx = http.get(f"/v1/{operation['response']['name']}").json()
+        for figure in ("AP", "AP50", "AP75"):
+            assert as_onnx["cocoMetrics"]["overall"][figure] == pytest.approx(
+                trained["cocoMetrics"]["overall"][figure], abs=1e-3
+            )
+        assert http.post(f"/v1/models/{model_id}:deploy").status_code == 200
+        photos = test_photos(folder)[:20]
+        answers = [
+            http.post(
+                f"/v1/models/{model_id}:predict",
+                json={
+                    "instances": [{"content": base64.b64encode(photo).decode()}],
+                    "parameters": {"maxPredictions": 100},
+                },
+            ).json()["predictions"][0]
+            for photo in photos
+        ]
+
+    store = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    network = build_model(load_bundle(store.get(f"models/{model_id}/versions/1/model.pt")))
+    for photo, answer in zip(photos, answers, strict=True):
+        [expected] = predict_images(network, [model_input(photo, network.spec.input_size)[0]])
+        boxes = np.array(answer["bboxes"]).reshape(-1, 4)[:, [0, 2, 1, 3]]  # Vertex's order back
+        assert_same_detections(
+            expected,
+            Detections(
+                boxes=boxes.astype(np.float32),
+                scores=np.array(answer["confidences"], dtype=np.float32),
+                labels=np.array([int(i) for i in answer["ids"]], dtype=np.int64),
+            ),
+        )
+
     # pycocotools on the model's own TEST detections, as stored with the evaluation: AP,
     # AP50 and AP75 overall and per label agree with the API's figures within 1e-4.
-    store = open_blob_store(f"file://{tmp_path / 'blobs'}")
     table = MatchTable.from_bytes(store.get(evaluation_service.matches_key(model_id, again["id"])))
     truths, found = table.records()
     assert sum(len(d.labels) for d in found) > 0
