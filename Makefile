@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint pytest openapi bench-queue bench-import bench-evaluate clean
+.PHONY: serve test lint pytest openapi bench-queue bench-import bench-evaluate bench-predict clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench-import: $(VENV)/.installed-dev
 
 bench-evaluate: $(VENV)/.installed-dev
 	$(BIN)/python bench/evaluate.py
+
+bench-predict: $(VENV)/.installed-dev
+	$(BIN)/python bench/predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

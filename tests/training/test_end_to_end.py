@@ -148,7 +148,7 @@ def test_a_killed_workers_training_resumes_from_its_checkpoint_elsewhere(
     assert client.get(f"/v1/models/{done['modelId']}").json()["latestVersion"] == 1
 
 
-def test_photos(folder: Path) -> list[bytes]:
+def photos_of_test_split(folder: Path) -> list[bytes]:
     """The TEST split's photos of a dataset folder, in file order."""
     with open(folder / "labels.csv", newline="") as file:
         paths = sorted({row[1] for row in csv.reader(file) if row[0] == "TEST"})
@@ -231,7 +231,7 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
                 trained["cocoMetrics"]["overall"][figure], abs=1e-3
             )
         assert http.post(f"/v1/models/{model_id}:deploy").status_code == 200
-        photos = test_photos(folder)[:20]
+        photos = photos_of_test_split(folder)[:20]
         answers = [
             http.post(
                 f"/v1/models/{model_id}:predict",
