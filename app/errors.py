@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
+
 
 class AppError(Exception):
     """Base of every error the service reports to a caller on purpose."""
@@ -69,6 +71,12 @@ class InvalidInput(AppError):
                 }
             ],
         )
+
+    @classmethod
+    def of_validation(cls, exc: ValidationError) -> InvalidInput:
+        """The first problem of a body validated by hand (routes that take several types)."""
+        first = exc.errors()[0]
+        return cls.field(".".join(str(p) for p in first["loc"]) or "body", first["msg"])
 
 
 class FailedPrecondition(AppError):

@@ -156,9 +156,7 @@ async def import_dataset(
         try:
             body = ImportUris.model_validate_json(await request.body())
         except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "body"
-            raise InvalidInput.field(field, first["msg"]) from None
+            raise InvalidInput.of_validation(exc) from None
         job_id = service.start_import_uris(session, dataset_id=dataset_id, request=body)
     else:
         raise InvalidInput(

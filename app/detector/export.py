@@ -30,7 +30,13 @@ from torchvision.ops import batched_nms
 
 from app.detector.bundle import load_bundle
 from app.detector.model import Detector, decode_boxes
-from app.detector.predict import _PRE_NMS, MAX_DETECTIONS, NMS_IOU, SCORE_THRESHOLD, build_model
+from app.detector.predict import (
+    MAX_DETECTIONS,
+    NMS_IOU,
+    PRE_NMS_TOP_K,
+    SCORE_THRESHOLD,
+    build_model,
+)
 from app.detector.types import Detections
 
 ONNX_OPSET = 17
@@ -65,7 +71,7 @@ class _WithPostprocess(torch.nn.Module):
         # topk of min(k, n), with n read from the shape inside the graph: traced as a Python
         # int it would be frozen at the example's candidate count.
         count = torch.onnx.operators.shape_as_tensor(score)[:1]
-        k = torch.min(torch.cat((torch.tensor([_PRE_NMS]), count)))
+        k = torch.min(torch.cat((torch.tensor([PRE_NMS_TOP_K]), count)))
         top = score.topk(k).indices
         anchor_index, label, score = anchor_index[top], label[top], score[top]
         box = boxes[anchor_index].clamp(0.0, 1.0)

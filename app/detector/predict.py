@@ -16,7 +16,7 @@ from app.detector.types import Detections
 SCORE_THRESHOLD = 0.01
 NMS_IOU = 0.6
 MAX_DETECTIONS = 100
-_PRE_NMS = 1000
+PRE_NMS_TOP_K = 1000
 
 
 def build_model(bundle: ModelBundle) -> Detector:
@@ -43,8 +43,8 @@ def postprocess(
     for scores, boxes in zip(scores_all, boxes_all, strict=True):
         anchor_index, label = (scores > score_threshold).nonzero(as_tuple=True)
         score = scores[anchor_index, label]
-        if score.numel() > _PRE_NMS:
-            top = score.topk(_PRE_NMS).indices
+        if score.numel() > PRE_NMS_TOP_K:
+            top = score.topk(PRE_NMS_TOP_K).indices
             anchor_index, label, score = anchor_index[top], label[top], score[top]
         box = boxes[anchor_index].clamp(0.0, 1.0)
         keep = batched_nms(box, score, label, iou_threshold)[:max_detections]

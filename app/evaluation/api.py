@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
@@ -35,6 +36,7 @@ from app.evaluation.schemas import (
     ThresholdResult,
 )
 from app.jobs.schemas import OperationRead
+from app.kit.blobs import BlobStore
 from app.kit.pagination import (
     check_page_size,
     decode_offset_token,
@@ -99,6 +101,20 @@ def evaluation_read(
     return read
 
 
+def _point(
+    session: Session,
+    blobs: BlobStore,
+    model_id: str,
+    evaluation_id: str,
+    confidence: float,
+    iou: float,
+    label: str | None,
+) -> tuple[Evaluation, service.Point]:
+    """The evaluation a route names, and the (confidence, IoU) point it asks about."""
+    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
+    return evaluation, service.point(blobs, evaluation, confidence=confidence, iou=iou, label=label)
+
+
 # -- custom methods first: "/evaluations/{id}:threshold" must not match "/evaluations/{id}" --
 
 
@@ -126,8 +142,7 @@ def threshold(
 ) -> ThresholdResult:
     """The slider: precision, recall, F1 and counts at a point, recommended thresholds and
     the confusion matrix."""
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=label)
+    evaluation, at = _point(session, blobs, model_id, evaluation_id, confidence, iou, label)
     return service.threshold(evaluation, at, target_precision=target_precision)
 
 
@@ -177,8 +192,7 @@ def render_image_result(
     """The image with its ground truth and the detections at a point drawn on it (PNG)."""
     from app.evaluation.overlay import render
 
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=None)
+    _, at = _point(session, blobs, model_id, evaluation_id, confidence, iou, None)
     image = service.image_index(at.table, image_id)
     key = str(at.table.image_keys[image])
     if not blobs.exists(key):
@@ -275,8 +289,7 @@ def list_image_results(
     """The error browser: images with their false positives, misses and confusions at a
     point, most errors first."""
     size = check_page_size(page_size, default=settings.default_page_size)
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=label)
+    evaluation, at = _point(session, blobs, model_id, evaluation_id, confidence, iou, label)
     order = service.image_order(at, order_by=order_by, only_errors=only_errors)
     query = f"{evaluation.id}|{at.outcome.confidence}|{at.outcome.iou_threshold}|{label}"
     query += f"|{order_by}|{only_errors}"
@@ -307,8 +320,7 @@ def get_image_result(
     iou: Iou = 0.5,
 ) -> ImageResult:
     """One image's detections and ground truth at a point."""
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=None)
+    _, at = _point(session, blobs, model_id, evaluation_id, confidence, iou, None)
     [result] = service.image_results(at, [service.image_index(at.table, image_id)])
     return result
 
@@ -337,8 +349,7 @@ def plot(
     the confidence threshold (threshold); the confusion matrix (confusion)."""
     from app.evaluation import plots
 
-    evaluation = service.get_evaluation(session, model_id=model_id, evaluation_id=evaluation_id)
-    at = service.point(blobs, evaluation, confidence=confidence, iou=iou, label=label)
+    _, at = _point(session, blobs, model_id, evaluation_id, confidence, iou, label)
     if plot == "pr":
         figure = plots.precision_recall_figure(at.table, iou=iou)
     elif plot == "threshold":

@@ -85,28 +85,17 @@ def discard_blobs(blobs: BlobStore, *, model_id: str, evaluation_id: str) -> Non
 # -- recording an evaluation -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """The model file an evaluation scores."""
-
-    format: str
-    blob_key: str
-    sha256: str
-
-
-def artifact_of(session: Session, version: ModelVersion, artifact_format: str) -> Artifact:
+def artifact_of(
+    session: Session, version: ModelVersion, artifact_format: str
+) -> registry_service.VersionFile:
     """The file of a model version in a format: its weights, or an exported file."""
-    if artifact_format == ARTIFACT_PYTORCH:
-        return Artifact(ARTIFACT_PYTORCH, version.weights_blob_key, version.weights_sha256)
-    exported = registry_service.get_artifact(
-        session, model_id=version.model_id, version=version.version, format=artifact_format
-    )
-    if exported is None:
+    found = registry_service.file_of(session, version, artifact_format)
+    if found is None:
         raise FailedPrecondition(
             f"model {version.model_id!r} version {version.version} has no {artifact_format} "
             f"file: export it first (POST /v1/models/{version.model_id}:export)"
         )
-    return Artifact(artifact_format, exported.blob_key, exported.sha256)
+    return found
 
 
 @dataclass(frozen=True)
@@ -173,7 +162,7 @@ def add_evaluation(
     model_version: ModelVersion,
     dataset_id: str,
     split: str,
-    artifact: Artifact,
+    artifact: registry_service.VersionFile,
     metrics_blob_key: str,
     summary: EvaluationSummary,
 ) -> Evaluation:

@@ -54,7 +54,7 @@ def _evaluate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         found = service.split_samples(
             session, dataset_id=payload["datasetId"], split=split, labels=labels
         )
-    data = ctx.blobs.get(artifact.blob_key)
+    data = ctx.blobs.get(artifact.key)
     if hashlib.sha256(data).hexdigest() != artifact.sha256:
         raise FailedPrecondition(f"the stored {artifact.format} file of {model_id!r} is corrupt")
 

@@ -117,12 +117,6 @@ _PREDICT_BODY: dict[str, Any] = {
 }
 
 
-def _first_error(exc: ValidationError) -> InvalidInput:
-    first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
-    return InvalidInput.field(field, first["msg"])
-
-
 @router.post(
     "/models/{modelId}:predict",
     response_model=PredictResponse,
@@ -150,13 +144,13 @@ async def predict(
                 {k: v for k, v in form.items() if k in ("confidenceThreshold", "maxPredictions")}
             )
         except ValidationError as exc:
-            raise _first_error(exc) from None
+            raise InvalidInput.of_validation(exc) from None
         images = [await upload.read()]
     elif content_type == "application/json":
         try:
             body = PredictRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise _first_error(exc) from None
+            raise InvalidInput.of_validation(exc) from None
         parameters = body.parameters
         images = [service.decode_content(i.content, n) for n, i in enumerate(body.instances)]
     else:

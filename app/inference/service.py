@@ -79,9 +79,7 @@ def deploy(
 ) -> Deployment:
     """Serve a model version's ONNX file (exported first); loaded here at once."""
     found = registry_service.version_of(session, model_id=model_id, version=version)
-    artifact = registry_service.get_artifact(
-        session, model_id=model_id, version=found.version, format=ONNX
-    )
+    artifact = registry_service.file_of(session, found, ONNX)
     if artifact is None:
         raise FailedPrecondition(
             f"model {model_id!r} version {found.version} has no ONNX file to serve: export it "
@@ -92,7 +90,7 @@ def deploy(
         Deployment(
             model_id=model_id,
             model_version=found.version,
-            artifact_blob_key=artifact.blob_key,
+            artifact_blob_key=artifact.key,
             artifact_sha256=artifact.sha256,
             created_at=utcnow(),
         ),

@@ -191,24 +191,40 @@ def add_artifact(
 
 
 @dataclass(frozen=True)
-class Download:
+class VersionFile:
+    """A model version's file in one format: its weights (``pytorch``) or an export."""
+
+    format: str
     key: str
     sha256: str
     size_bytes: int
-    filename: str
+
+    @property
+    def filename(self) -> str:
+        return "model.pt" if self.format == PYTORCH else ARTIFACT_FILES[self.format]
 
 
-def download(session: Session, *, model_id: str, version: int | None, format: str) -> Download:
-    """Where a version's file in a format is: the weights for ``pytorch``, else its export."""
-    found = version_of(session, model_id=model_id, version=version)
+def file_of(session: Session, version: ModelVersion, format: str) -> VersionFile | None:
+    """The version's file in ``format``, or None when it was not exported to it."""
     if format == PYTORCH:
-        return Download(
-            found.weights_blob_key, found.weights_sha256, found.weights_size_bytes, "model.pt"
+        return VersionFile(
+            PYTORCH, version.weights_blob_key, version.weights_sha256, version.weights_size_bytes
         )
-    artifact = get_artifact(session, model_id=model_id, version=found.version, format=format)
+    artifact = get_artifact(
+        session, model_id=version.model_id, version=version.version, format=format
+    )
     if artifact is None:
+        return None
+    return VersionFile(format, artifact.blob_key, artifact.sha256, artifact.size_bytes)
+
+
+def download(session: Session, *, model_id: str, version: int | None, format: str) -> VersionFile:
+    """Where a version's file in a format is; NotFound says how to export it."""
+    found = version_of(session, model_id=model_id, version=version)
+    stored = file_of(session, found, format)
+    if stored is None:
         raise NotFound(
             f"model {model_id!r} version {found.version} has no {format} file; export it "
             f"with POST /v1/models/{model_id}:export"
         )
-    return Download(artifact.blob_key, artifact.sha256, artifact.size_bytes, ARTIFACT_FILES[format])
+    return stored
