@@ -31,6 +31,7 @@ from app.inference.schemas import (
     PredictResponse,
 )
 from app.web.deps import BlobsDep, SessionDep, SettingsDep
+from app.web.openapi import inlined_schema
 
 router = APIRouter(prefix="/v1", tags=["prediction"])
 
@@ -80,28 +81,9 @@ def undeploy(model_id: ModelId, session: SessionDep) -> DeploymentRead:
     return _deployment_read(service.undeploy(session, model_id=model_id))
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """A Pydantic JSON schema with its ``$defs`` references replaced by the definitions: the
-    document's components do not hold them, and generated clients must resolve every ref."""
-    definitions = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref", "")
-            if ref.startswith("#/$defs/"):
-                return resolve(definitions[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
-
-
 _PREDICT_BODY: dict[str, Any] = {
     "content": {
-        "application/json": {"schema": _inlined(PredictRequest.model_json_schema(by_alias=True))},
+        "application/json": {"schema": inlined_schema(PredictRequest)},
         "multipart/form-data": {
             "schema": {
                 "type": "object",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from app.detector.export import OnnxPredictor
+    from app.detector.types import Detections
 
 ONNX = "onnx"
 
@@ -125,9 +126,9 @@ def decode_content(content: str, index: int) -> bytes:
         raise InvalidInput.field(f"instances[{index}].content", "is not valid base64") from None
 
 
-def _input(data: bytes, size: int, settings: Settings, index: int) -> torch.Tensor:
-    """The model's input for one image, or a 400/413 naming the instance."""
-    where = f"instances[{index}].content"
+def image_input(data: bytes, size: int, settings: Settings, *, where: str) -> torch.Tensor:
+    """The model's input for one image, or a 400/413 naming ``where`` (what the image is to
+    the caller: a request field, a URI). Online and batch prediction both read images here."""
     if not data:
         raise InvalidInput.field(where, "is empty")
     if len(data) > settings.max_image_bytes:
@@ -151,6 +152,22 @@ def _input(data: bytes, size: int, settings: Settings, index: int) -> torch.Tens
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidInput.field(where, f"cannot be decoded: {exc}") from None
     return image
+
+
+def prediction_of(
+    found: Detections, labels: Sequence[str], parameters: PredictParameters
+) -> Prediction:
+    """One image's detections in Vertex's shape: those at or above the confidence threshold,
+    at most ``maxPredictions``, boxes as ``[xMin, xMax, yMin, yMax]``."""
+    keep = np.flatnonzero(found.scores >= parameters.confidence_threshold)
+    keep = keep[: parameters.max_predictions]  # already highest first
+    boxes = found.boxes[keep].astype(np.float64)
+    return Prediction(
+        ids=[str(int(label)) for label in found.labels[keep]],
+        display_names=[labels[int(label)] for label in found.labels[keep]],
+        confidences=[round(float(score), 6) for score in found.scores[keep]],
+        bboxes=[[round(float(v), 6) for v in (box[0], box[2], box[1], box[3])] for box in boxes],
+    )
 
 
 def predict(
@@ -177,22 +194,13 @@ def predict(
             )
         deployment = deploy(session, blobs, settings, model_id=model_id, version=None)
     predictor = _predictor(blobs, settings, deployment)
-    inputs = [_input(data, predictor.input_size, settings, i) for i, data in enumerate(images)]
-    predictions = []
-    for found in predictor.predict(inputs):
-        keep = np.flatnonzero(found.scores >= parameters.confidence_threshold)
-        keep = keep[: parameters.max_predictions]  # already highest first
-        boxes = found.boxes[keep].astype(np.float64)
-        predictions.append(
-            Prediction(
-                ids=[str(int(label)) for label in found.labels[keep]],
-                display_names=[predictor.labels[int(label)] for label in found.labels[keep]],
-                confidences=[round(float(score), 6) for score in found.scores[keep]],
-                bboxes=[
-                    [round(float(v), 6) for v in (box[0], box[2], box[1], box[3])] for box in boxes
-                ],
-            )
-        )
+    inputs = [
+        image_input(data, predictor.input_size, settings, where=f"instances[{i}].content")
+        for i, data in enumerate(images)
+    ]
+    predictions = [
+        prediction_of(found, predictor.labels, parameters) for found in predictor.predict(inputs)
+    ]
     return PredictResponse(
         predictions=predictions,
         deployed_model_id=deployed_model_id(deployment),

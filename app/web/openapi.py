@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 _ERROR_CONTENT = {"application/json": {"schema": ERROR_REF}}
@@ -20,6 +21,27 @@ _ERROR_CONTENT = {"application/json": {"schema": ERROR_REF}}
 def operation_id(route: APIRoute) -> str:
     """The route function's name: readable in generated clients, and unique (tested)."""
     return route.name
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A body's JSON schema (camelCase) with its ``$defs`` references replaced by the
+    definitions, for a route that documents its body by hand (JSON or multipart): the
+    document's components do not hold them, and generated clients must resolve every ref."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def install_openapi(app: FastAPI) -> None:
