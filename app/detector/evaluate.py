@@ -100,9 +100,23 @@ def onnx_runner(model: bytes) -> Runner:
     )
 
 
+def tflite_runner(model: bytes) -> Runner:
+    from app.detector.tflite import TflitePredictor
+
+    predictor = TflitePredictor(model)
+    return Runner(
+        labels=predictor.labels, input_size=predictor.input_size, predict=predictor.predict
+    )
+
+
 # How each artifact format is run: evaluating an exported file scores exactly what users
-# ship. "tflite" and "tflite-int8" join when their export does.
-RUNNERS: dict[str, Callable[[bytes], Runner]] = {"pytorch": pytorch_runner, "onnx": onnx_runner}
+# ship (LiteRT runs both TFLite files, float and integer).
+RUNNERS: dict[str, Callable[[bytes], Runner]] = {
+    "pytorch": pytorch_runner,
+    "onnx": onnx_runner,
+    "tflite": tflite_runner,
+    "tflite-int8": tflite_runner,
+}
 
 # Images predicted between two progress reports (each report may stop a cancelled job).
 PROGRESS_BATCH = 64

@@ -18,7 +18,10 @@ from app.detector.spec import ModelSpec
 
 STRIDES = (8, 16, 32)
 # exp() of a larger log-size would exceed any input we accept; keeps early training finite.
-_MAX_LOG_SIZE = math.log(2048 / 8)
+MAX_LOG_SIZE = math.log(2048 / 8)
+# EfficientNet-Lite's input scaling: (x - 127) / 128 maps pixels 0-255 to about [-1, 1].
+INPUT_MEAN = 127.0
+INPUT_STD = 128.0
 _PRIOR_PROBABILITY = 0.01
 
 
@@ -122,8 +125,10 @@ class Detector(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # EfficientNet-Lite's input scaling: (x - 127) / 128 maps 0-255 to about [-1, 1].
-        x = (images - 127.0) / 128.0
+        return self.forward_normalized((images - INPUT_MEAN) / INPUT_STD)
+
+    def forward_normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on images already scaled to EfficientNet-Lite's input range."""
         levels = self.neck(self.backbone(x))
         logits, offsets = [], []
         for head, level in zip(self.heads, levels, strict=True):
@@ -138,8 +143,8 @@ def decode_boxes(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     stride = anchors[:, 2]
     centre_x = anchors[:, 0] + offsets[..., 0] * stride
     centre_y = anchors[:, 1] + offsets[..., 1] * stride
-    width = torch.exp(offsets[..., 2].clamp(max=_MAX_LOG_SIZE)) * stride
-    height = torch.exp(offsets[..., 3].clamp(max=_MAX_LOG_SIZE)) * stride
+    width = torch.exp(offsets[..., 2].clamp(max=MAX_LOG_SIZE)) * stride
+    height = torch.exp(offsets[..., 3].clamp(max=MAX_LOG_SIZE)) * stride
     return torch.stack(
         [centre_x - width / 2, centre_y - height / 2, centre_x + width / 2, centre_y + height / 2],
         dim=-1,

@@ -28,7 +28,9 @@ ARTIFACT_FILES = {
     "tflite-int8": "model_int8.tflite",
 }
 # The formats this build exports; the others are refused with the reason.
-EXPORTABLE = ("onnx",)
+EXPORTABLE = ("onnx", "tflite", "tflite-int8")
+# Calibrated on the images the version was trained on.
+INT8 = "tflite-int8"
 
 # -- storage layout ----------------------------------------------------------------------
 
@@ -147,6 +149,11 @@ def request_export(session: Session, *, model_id: str, export_in: ExportRequest)
         raise FailedPrecondition(
             f"export to {export_in.format} is not available in this build; "
             f"it exports {list(EXPORTABLE)}"
+        )
+    if export_in.format == INT8 and version.training_job_id is None:
+        raise FailedPrecondition(
+            f"{INT8} is calibrated on the images a model was trained on, and version "
+            f"{version.version} of {model_id!r} did not come from a training job here"
         )
     return jobs_service.enqueue(
         session,

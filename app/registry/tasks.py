@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +15,47 @@ from app.registry import service
 log = logging.getLogger(__name__)
 
 
-def _exporters() -> dict[str, Callable[[bytes], Any]]:
-    # Imported here: torch and onnx load only in the worker that exports.
-    from app.detector.export import export_onnx
+# Enough images for activation ranges (TFLite's guidance is 100-500), few enough that the
+# calibration takes seconds on two cores.
+CALIBRATION_IMAGES = 100
 
-    return {"onnx": export_onnx}
+
+def _exporters(ctx: JobContext, training_job_id: str | None) -> dict[str, Callable[[bytes], Any]]:
+    # Imported here: torch, onnx and the converters load only in the worker that exports.
+    from app.detector.export import export_onnx
+    from app.detector.tflite import export_tflite, export_tflite_int8
+
+    def int8(weights: bytes) -> Any:
+        return export_tflite_int8(weights, _calibration_images(ctx, training_job_id, weights))
+
+    return {"onnx": export_onnx, "tflite": export_tflite, service.INT8: int8}
+
+
+def _calibration_images(ctx: JobContext, training_job_id: str | None, weights: bytes) -> list[Any]:
+    """Up to CALIBRATION_IMAGES of the TRAIN images the version was trained on (its training
+    job's snapshot), evenly spread, through the one preprocessing serving uses."""
+    from app.detector.bundle import load_bundle
+    from app.detector.data import model_input
+    from app.training import service as training_service
+    from app.training.tasks import train_image_keys
+
+    if training_job_id is None:
+        raise FailedPrecondition("int8 export needs the images the model was trained on")
+    with ctx.transaction() as session:
+        training_job, _ = training_service.get(session, training_job_id=training_job_id)
+        snapshot_key = training_job.snapshot_blob_key
+    keys = train_image_keys(json.loads(ctx.blobs.get(snapshot_key)))
+    step = max(1, len(keys) / CALIBRATION_IMAGES)
+    chosen = [keys[int(i * step)] for i in range(min(len(keys), CALIBRATION_IMAGES))]
+    size = load_bundle(weights).input_size
+    images = []
+    for key in chosen:
+        # An image deleted since training is skipped; the rest still calibrate.
+        if ctx.blobs.exists(key):
+            images.append(model_input(ctx.blobs.get(key), size)[0])
+    if not images:
+        raise FailedPrecondition("none of the images the model was trained on is stored anymore")
+    return images
 
 
 def export_model(ctx: JobContext) -> dict[str, Any]:
@@ -36,7 +73,8 @@ def export_model(ctx: JobContext) -> dict[str, Any]:
         if existing is not None:
             return _response(model_id, number, format, existing.sha256, existing.size_bytes)
         weights_key, weights_sha256 = version.weights_blob_key, version.weights_sha256
-    exporter = _exporters().get(format)
+        training_job_id = version.training_job_id
+    exporter = _exporters(ctx, training_job_id).get(format)
     if exporter is None:
         raise FailedPrecondition(f"export to {format} is not available in this build")
     weights = ctx.blobs.get(weights_key)

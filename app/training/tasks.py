@@ -88,6 +88,11 @@ def samples_by_split(snapshot: dict[str, Any]) -> dict[Split, list[Sample]]:
     return samples
 
 
+def train_image_keys(snapshot: dict[str, Any]) -> list[str]:
+    """The blob keys of the snapshot's TRAIN images, in the snapshot's order."""
+    return [image["blobKey"] for image in snapshot["images"] if image["split"] == Split.TRAIN]
+
+
 class TrainingRun:
     """One attempt at a training job."""
 

@@ -117,16 +117,57 @@ def test_the_exported_file_is_evaluated_as_shipped(
         )
 
 
+def test_tflite_export_is_downloaded_and_evaluated_as_shipped(
+    client, run_jobs, session_factory, model_file, make_dataset
+):
+    model_id = register_file(client, session_factory, model_file)
+    operation = export(client, run_jobs, model_id, format="tflite")
+    assert operation["metadata"]["state"] == "SUCCEEDED", operation["error"]
+    result = operation["response"]
+    [version] = client.get(f"/v1/models/{model_id}").json()["versions"]
+    [artifact] = version["artifacts"]
+    assert artifact["format"] == "tflite" and artifact["sha256"] == result["sha256"]
+    details = artifact["details"]
+    assert details["input"]["shape"] == [1, 320, 320, 3] and details["input"]["dtype"] == "float32"
+    assert details["labels"] == list(SHAPES) and details["interpreterThreads"] == 1
+    download = client.get(f"/v1/models/{model_id}/artifacts/tflite")
+    assert hashlib.sha256(download.content).hexdigest() == result["sha256"]
+    assert 'filename="model.tflite"' in download.headers["content-disposition"]
+
+    dataset_id = make_dataset({"TRAIN": 2, "TEST": 3})
+    scores = {}
+    for artifact_format in ("tflite", "pytorch"):
+        started = client.post(
+            f"/v1/models/{model_id}/evaluations",
+            json={"datasetId": dataset_id, "artifactFormat": artifact_format},
+        ).json()
+        assert run_jobs() == 1
+        name = client.get(f"/v1/operations/{started['id']}").json()["response"]["name"]
+        scores[artifact_format] = client.get(f"/v1/{name}").json()
+    assert scores["tflite"]["artifact"] == {"format": "tflite", "sha256": result["sha256"]}
+    for figure in ("AP", "AP50", "AP75"):
+        assert scores["tflite"]["cocoMetrics"]["overall"][figure] == pytest.approx(
+            scores["pytorch"]["cocoMetrics"]["overall"][figure], abs=1e-3
+        )
+
+
 def test_what_cannot_be_exported_is_refused_with_the_reason(
     client, run_jobs, session_factory, settings
 ):
     model_id = register_file(client, session_factory, b"not a detector")
     error = error_of(
-        client.post(f"/v1/models/{model_id}:export", json={"format": "tflite"}),
+        client.post(f"/v1/models/{model_id}:export", json={"format": "tflite-int8"}),
         400,
         "FAILED_PRECONDITION",
     )
-    assert "tflite is not available" in error["message"]
+    assert "calibrated on the images a model was trained on" in error["message"]
+    # A file that is not a model fails the operation with the reason, and stores nothing.
+    operation = export(client, run_jobs, model_id, format="tflite")
+    assert operation["metadata"]["state"] == "FAILED"
+    assert "cannot be exported to tflite" in operation["error"]["message"]
+    assert [f for f in blob_files(settings) if f.startswith(f"models/{model_id}/")] == [
+        f"models/{model_id}/versions/1/model.pt"
+    ]
     error_of(
         client.post(f"/v1/models/{model_id}:export", json={"format": "keras"}),
         400,
