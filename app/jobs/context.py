@@ -42,6 +42,8 @@ class JobContext:
 
     job_id: str
     kind: str
+    # The lease holder: a task guards its own durable writes with it (jobs.repository.lease_held).
+    worker_id: str
     payload: dict[str, Any]
     attempt: int
     max_attempts: int

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import and_, case, func, select, text, update
+from sqlalchemy import ColumnElement, and_, case, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
@@ -133,6 +133,12 @@ def claim(session: Session, *, worker_id: str, kinds: Collection[str]) -> str | 
 
 def _leased(job_id: str, worker_id: str) -> Any:
     return and_(Job.id == job_id, Job.lease_owner == worker_id, Job.state.in_(ACTIVE_STATES))
+
+
+def lease_held(job_id: str, worker_id: str) -> ColumnElement[bool]:
+    """A condition true while ``worker_id`` holds the job's lease: a task's write to its own
+    tables that carries it lands only if no other worker has reclaimed the job meanwhile."""
+    return exists().where(_leased(job_id, worker_id))
 
 
 def heartbeat(

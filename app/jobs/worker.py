@@ -171,6 +171,7 @@ class Worker:
             ctx = JobContext(
                 job_id=job_id,
                 kind=kind,
+                worker_id=self.worker_id,
                 payload=payload,
                 attempt=attempt,
                 max_attempts=max_attempts,
