@@ -200,7 +200,7 @@ class _BoxCounter:
         return f"image {uri!r} has more than {self.limit} boxes"
 
 
-def _lines(stream: BinaryIO) -> Generator[str, None, None]:
+def text_lines(stream: BinaryIO) -> Generator[str, None, None]:
     """The stream's lines, decoded; raises IndexFileError naming the first line that is not text."""
     # newline="" keeps line ends for csv (quoted fields may hold them) and splits CR, LF, CRLF.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -323,7 +323,7 @@ def _csv_row(fields: list[str], row: int) -> IndexRow | RowError:
 def parse_csv(stream: BinaryIO, *, max_boxes_per_image: int = 500) -> Iterator[IndexRow | RowError]:
     """Yield each row of an AutoML/Vertex CSV index as an IndexRow or a RowError, streaming."""
     counter = _BoxCounter(max_boxes_per_image)
-    lines = _lines(stream)
+    lines = text_lines(stream)
     reader = csv.reader(lines)
     try:
         while True:
@@ -489,7 +489,7 @@ def parse_jsonl(
 ) -> Iterator[IndexRow | RowError]:
     """Yield each annotation of a Vertex JSON Lines index as an IndexRow or a RowError."""
     counter = _BoxCounter(max_boxes_per_image)
-    lines = _lines(stream)
+    lines = text_lines(stream)
     try:
         for number, line in enumerate(lines, start=1):
             if line.strip():

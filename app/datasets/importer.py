@@ -87,11 +87,7 @@ class Importer:
         self.job_id = ctx.job_id
         self.dataset_id: str = ctx.payload["datasetId"]
         self.strict = bool(ctx.payload.get("strict", False))
-        self.policy = FetchPolicy(
-            import_root=self.settings.import_root,
-            allow_https=self.settings.import_allow_https,
-            max_bytes=self.settings.max_image_bytes,
-        )
+        self.policy = FetchPolicy.of(self.settings)
         self.totals = _Totals()
         self.pool = ThreadPoolExecutor(self.settings.import_fetch_threads, "import-fetch")
         self.images: dict[tuple[str, str], _Image] = {}

@@ -257,6 +257,29 @@ def labels_of(session: Session, dataset_id: str) -> list[str]:
     )
 
 
+def iter_images(
+    session: Session, dataset_id: str, *, split: str | None = None
+) -> Iterator[tuple[DatasetImage, Image]]:
+    """Every image of a dataset, or of one split, labelled or not, in a stable order (by
+    dataset image id), a page at a time."""
+    last_id = ""
+    while True:
+        query = (
+            select(DatasetImage, Image)
+            .join(Image, Image.id == DatasetImage.image_id)
+            .where(DatasetImage.dataset_id == dataset_id, DatasetImage.id > last_id)
+            .order_by(DatasetImage.id)
+            .limit(PAGE_ROWS)
+        )
+        if split is not None:
+            query = query.where(DatasetImage.split == split)
+        page = session.execute(query).all()
+        if not page:
+            return
+        yield from ((dataset_image, image) for dataset_image, image in page)
+        last_id = page[-1][0].id
+
+
 def iter_export(
     session: Session, dataset_id: str
 ) -> Iterator[tuple[DatasetImage, Image, list[Box]]]:

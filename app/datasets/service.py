@@ -435,6 +435,14 @@ def labelled_images(
             yield dataset_image, image, boxes
 
 
+def images_of(
+    session: Session, *, dataset_id: str, split: Split | None = None
+) -> Iterator[tuple[DatasetImage, Image]]:
+    """Every image of the dataset, or of one split, labelled or not, in a stable order."""
+    get(session, dataset_id=dataset_id)
+    return repository.iter_images(session, dataset_id, split=split.value if split else None)
+
+
 # -- export ----------------------------------------------------------------------------
 
 ZIP_EXTENSIONS = {

@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from app.datasets.images import over_limit
 from app.errors import InvalidInput
 from app.kit.blobs import BlobNotFound, BlobStore, open_blob_store
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 INDEX_SUFFIXES = (".csv", ".jsonl")
 COPY_CHUNK = 1024 * 1024
@@ -74,6 +77,17 @@ class FetchPolicy:
     # PEM file of the CA certificates to trust instead of the system's; None: the system's.
     https_cafile: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def of(cls, settings: Settings) -> FetchPolicy:
+        """The operator's policy (``IMPORT_ROOT``, ``IMPORT_ALLOW_HTTPS``), for dataset imports
+        and batch prediction alike; a fetch is capped at the image size limit unless it names
+        its own."""
+        return cls(
+            import_root=settings.import_root,
+            allow_https=settings.import_allow_https,
+            max_bytes=settings.max_image_bytes,
+        )
 
 
 class Location(ABC):
@@ -140,6 +154,31 @@ def fetch_to(
     if base is None:
         raise SourceError(ref, "a relative path needs an archive or an index file it is beside")
     return base.copy(ref, out, max_bytes=limit)
+
+
+def check_absolute(ref: str, *, policy: FetchPolicy) -> None:
+    """Raise SourceError where :func:`fetch` would refuse the absolute reference ``ref``
+    whatever the file holds (its form, the scheme, the policy, the import root), so that a
+    list of references can be checked before any is read. Whether the file is there is
+    known only by reading it."""
+    if not ref:
+        raise SourceError("''", "empty path")
+    scheme = _scheme(ref)
+    if scheme == "gs":
+        _split_gs(ref)
+    elif scheme == "https":
+        if not policy.allow_https:
+            raise SourceError(ref, "https:// sources are not allowed on this server")
+    elif scheme == "file" or ref.startswith("/"):
+        _local_path(ref, policy)
+    elif scheme == "http":
+        raise SourceError(ref, "plain http:// is not allowed; use https://")
+    elif len(scheme) == 1 or "\\" in ref:
+        raise SourceError(ref, "Windows paths are not supported; use '/' separators")
+    elif scheme:
+        raise SourceError(ref, f"unsupported scheme {scheme}: (use gs:// or https://)")
+    else:
+        raise SourceError(ref, "expected a gs:// or https:// URI, or an absolute local path")
 
 
 def location_of(uri: str, *, policy: FetchPolicy) -> Location:
