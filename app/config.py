@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     max_predict_instances: int = Field(
         default=16, ge=1, le=256, description="Images one :predict request may carry."
     )
+    batch_prediction_max_instances: int = Field(
+        default=100_000, ge=1, description="Images one batch prediction job may list."
+    )
+    batch_prediction_chunk_size: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Results per output file of a batch prediction job; the job records its "
+        "progress, and can resume or stop on cancel, after each.",
+    )
+    batch_prediction_max_input_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Size limit of a batch input file."
+    )
 
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)

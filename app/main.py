@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from app.batch_prediction.api import router as batch_prediction_router
 from app.config import Settings, get_settings, open_settings_blob_store
 from app.datasets.api import router as datasets_router
 from app.db import migrate
@@ -63,4 +64,5 @@ def create_app(
     app.include_router(registry_router)
     app.include_router(evaluation_router)
     app.include_router(inference_router)
+    app.include_router(batch_prediction_router)
     return app

@@ -5,6 +5,7 @@ Called ``db`` rather than ``models``: in this product a model is a trained detec
 
 from app.db.api_key import ApiKey
 from app.db.base import Base
+from app.db.batch_prediction_job import BatchPredictionJob
 from app.db.box import Box
 from app.db.dataset import Dataset
 from app.db.dataset_image import DatasetImage, Split
@@ -21,6 +22,7 @@ from app.db.training_job import TrainingJob
 __all__ = [
     "ApiKey",
     "Base",
+    "BatchPredictionJob",
     "Box",
     "Dataset",
     "DatasetImage",

@@ -73,6 +73,8 @@ def run_noop(ctx: JobContext) -> dict[str, Any]:
 
 def default_registry() -> JobRegistry:
     """Every job kind the service runs. Domains add their ``tasks`` here as they arrive."""
+    from app.batch_prediction import service as batch_prediction_service
+    from app.batch_prediction import tasks as batch_prediction_tasks
     from app.datasets import service as datasets_service
     from app.datasets import tasks as datasets_tasks
     from app.evaluation import service as evaluation_service
@@ -89,4 +91,7 @@ def default_registry() -> JobRegistry:
     registry.register(training_service.TRAIN_KIND, training_tasks.train)
     registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
     registry.register(registry_service.EXPORT_KIND, registry_tasks.export_model)
+    registry.register(
+        batch_prediction_service.BATCH_PREDICT_KIND, batch_prediction_tasks.predict_batch
+    )
     return registry
