@@ -156,6 +156,11 @@ async def create_batch_prediction_job(
             raise InvalidInput.field("file", "a multipart field 'file' with the JSONL or CSV")
         filename = file.filename or "upload"
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        unknown = sorted(set(fields) - {*FORM_FIELDS, *FORM_PARAMETERS})
+        if unknown:
+            raise InvalidInput.field(
+                unknown[0], f"unknown form field; send file and {', '.join(FORM_FIELDS)}"
+            )
         instances_format = fields.get("instancesFormat") or service.format_of_filename(filename)
         if instances_format is None:
             raise InvalidInput.field(
@@ -169,11 +174,6 @@ async def create_batch_prediction_job(
         }
         if fields.get("modelVersion"):
             raw["modelVersion"] = fields["modelVersion"]
-        unknown = sorted(set(fields) - {*FORM_FIELDS, *FORM_PARAMETERS})
-        if unknown:
-            raise InvalidInput.field(
-                unknown[0], f"unknown form field; send file and {', '.join(FORM_FIELDS)}"
-            )
         try:
             body = BatchPredictionJobCreate.model_validate(raw)
         except ValidationError as exc:
@@ -191,11 +191,13 @@ async def create_batch_prediction_job(
             'send JSON {"displayName", "model", "inputConfig": {...}} or the input file as '
             "multipart/form-data (field 'file')"
         )
+
+    def create() -> BatchPredictionJobRead:
+        row = service.create(session, blobs, settings, job_in=body, upload=upload)
+        return batch_job_read(*service.get(session, batch_job_id=row.id), blobs)
+
     # Reading the input (Cloud Storage, disk) and checking each line is blocking work.
-    row = await run_in_threadpool(
-        service.create, session, blobs, settings, job_in=body, upload=upload
-    )
-    return batch_job_read(*service.get(session, batch_job_id=row.id), blobs)
+    return await run_in_threadpool(create)
 
 
 @router.get(

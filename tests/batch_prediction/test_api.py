@@ -478,3 +478,45 @@ def test_cancel_a_pending_job_and_refuse_a_finished_one(client, run_jobs, model_
     )
     assert "JOB_STATE_SUCCEEDED" in error["message"]
     assert len(results(client, finished["id"])) == 1
+
+
+def test_a_bad_upload_is_refused_naming_the_form_field(client, model_id, settings):
+    path = "/v1/batchPredictionJobs"
+    form = {"displayName": "x", "model": model_id}
+    good = jsonl(["gs://b/a.jpg"]).encode()
+    cases = [
+        ({"files": {"attachment": ("list.jsonl", good)}, "data": form}, 400, "file:"),
+        ({"data": form}, 400, "multipart/form-data"),
+        ({"files": {"file": ("list.txt", good)}, "data": form}, 400, "instancesFormat"),
+        (
+            {"files": {"file": ("list.jsonl", good)}, "data": {**form, "colour": "red"}},
+            400,
+            "colour",
+        ),
+        (
+            {"files": {"file": ("list.jsonl", good)}, "data": {**form, "maxPredictions": "0"}},
+            400,
+            "maxPredictions",
+        ),
+        (
+            {"files": {"file": ("list.jsonl", good)}, "data": {"model": model_id}},
+            400,
+            "displayName",
+        ),
+    ]
+    for request, code, named in cases:
+        response = client.post(path, **request)
+        assert response.status_code == code, (request, response.text)
+        assert named in response.json()["error"]["message"], (request, response.text)
+
+    client.app.state.settings = settings.model_copy(
+        update={"batch_prediction_max_input_bytes": 1024}
+    )
+    try:
+        big = jsonl([f"gs://b/{i}.jpg" for i in range(100)]).encode()
+        response = client.post(path, files={"file": ("list.jsonl", big)}, data=form)
+        error = error_of(response, 413, "OUT_OF_RANGE")
+        assert "BATCH_PREDICTION_MAX_INPUT_BYTES" in error["message"]
+    finally:
+        client.app.state.settings = settings
+    assert client.get(path).json()["batchPredictionJobs"] == []
