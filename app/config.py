@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         description=":predict on a model that is not deployed deploys its latest ONNX file "
         "instead of answering 409.",
     )
+    predict_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Predictions an API process computes at once (decode and inference); the "
+        "others wait their turn in arrival order. One suits 2 cores: inference already uses "
+        "inference_threads, and more at once only share the cores and stretch the slowest "
+        "answers.",
+    )
+    predict_queue_limit: int = Field(
+        default=64,
+        ge=0,
+        description="Predictions an API process lets wait for their turn; beyond it :predict "
+        "answers 429 RESOURCE_EXHAUSTED at once, for the caller to retry.",
+    )
     max_predict_instances: int = Field(
         default=16, ge=1, le=256, description="Images one :predict request may carry."
     )

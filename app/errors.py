@@ -120,6 +120,14 @@ class PayloadTooLarge(AppError):
     rpc_code = 11
 
 
+class ResourceExhausted(AppError):
+    """Too much work queued; the caller should retry later (Google's 429)."""
+
+    status_code = 429
+    status = "RESOURCE_EXHAUSTED"
+    rpc_code = 8
+
+
 class Unavailable(AppError):
     status_code = 503
     status = "UNAVAILABLE"

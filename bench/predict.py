@@ -7,6 +7,10 @@ so every image yields the full 100 detections and NMS does its most work; the we
 does not change the time), exported to ONNX as the service exports it, and measured:
 
 - ``onnx_p50_ms`` / ``onnx_p99_ms``: onnxruntime alone at batch 1 on a prepared input;
+- ``tflite_*`` / ``tflite_int8_*``: the TFLite files (float32, and int8 calibrated on the
+  bench photo's flips) in LiteRT at one thread, as the service runs them (two threads lose a
+  class in the post-process op, see app/detector/tflite.py); ``*_2threads_p50_ms`` for
+  reference, and each file's size;
 - ``inprocess_*``: the whole predict path in one process (the service's ``predict``: read the
   deployment, decode and preprocess a 640x480 JPEG, infer, filter, shape the answer), one
   request at a time;
@@ -51,9 +55,11 @@ from app.config import load_settings
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
 from app.detector.bundle import ModelBundle
+from app.detector.data import model_input
 from app.detector.export import ONNX_INPUT, OnnxPredictor, export_onnx
 from app.detector.model import Detector
 from app.detector.spec import resolve_model_type, spec_for
+from app.detector.tflite import TflitePredictor, export_tflite, export_tflite_int8
 from app.inference import service as inference_service
 from app.inference.schemas import PredictParameters
 from app.kit.blobs import open_blob_store
@@ -135,6 +141,26 @@ def http_load(url: str, body: dict, clients: int, seconds: float) -> dict[str, f
     return {"rps": len(latencies) / elapsed, "p50_ms": p50, "p99_ms": p99}
 
 
+def litert_figures(data: bytes, size: int, seconds: float) -> dict[str, float]:
+    """Sizes and LiteRT latencies of the model's TFLite files."""
+    image = model_input(photo(), size)[0]
+    calibration = [image, image.flip(2), image.flip(1), image.flip(1).flip(2)]
+    figures: dict[str, float] = {}
+    for name, exported in (
+        ("tflite", export_tflite(data)),
+        ("tflite_int8", export_tflite_int8(data, calibration)),
+    ):
+        figures[f"{name}_mb"] = round(len(exported.data) / 1e6, 2)
+        for threads, suffix in ((1, ""), (2, "_2threads")):
+            predictor = TflitePredictor(exported.data, threads=threads)
+            predictor.predict([image])
+            p50, p99 = percentiles(timed(lambda p=predictor: p.predict([image]), seconds=seconds))
+            figures[f"{name}{suffix}_p50_ms"] = round(p50, 2)
+            if not suffix:
+                figures[f"{name}_p99_ms"] = round(p99, 2)
+    return figures
+
+
 def bench(model_type: str, seconds: float, threads: int) -> dict[str, object]:
     data = model_file(model_type)
     exported = export_onnx(data)
@@ -145,6 +171,7 @@ def bench(model_type: str, seconds: float, threads: int) -> dict[str, object]:
     onnx_p50, onnx_p99 = percentiles(
         timed(lambda: predictor.session.run(None, prepared), seconds=seconds)
     )
+    tflite_figures = litert_figures(data, size, seconds)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     database_url = f"sqlite:///{scratch / 'db.sqlite'}"
@@ -223,6 +250,7 @@ def bench(model_type: str, seconds: float, threads: int) -> dict[str, object]:
         "inprocess_p50_ms": round(in_p50, 2),
         "inprocess_p99_ms": round(in_p99, 2),
         "inprocess_rps": round(in_rps, 1),
+        **tflite_figures,
     }
     try:
         url = f"http://127.0.0.1:{port}"

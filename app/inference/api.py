@@ -19,6 +19,7 @@ from app.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
     error_responses,
 )
@@ -104,7 +105,9 @@ _PREDICT_BODY: dict[str, Any] = {
     response_model=PredictResponse,
     dependencies=READ,
     openapi_extra={"requestBody": _PREDICT_BODY},
-    responses=error_responses(InvalidInput, NotFound, Conflict, PayloadTooLarge, *AUTH),
+    responses=error_responses(
+        InvalidInput, NotFound, Conflict, PayloadTooLarge, ResourceExhausted, *AUTH
+    ),
 )
 async def predict(
     model_id: ModelId,

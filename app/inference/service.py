@@ -12,7 +12,8 @@ import binascii
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +23,13 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.datasets.images import over_limit
 from app.db.deployment import Deployment
-from app.errors import Conflict, FailedPrecondition, InvalidInput, PayloadTooLarge
+from app.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidInput,
+    PayloadTooLarge,
+    ResourceExhausted,
+)
 from app.inference import repository
 from app.inference.schemas import Prediction, PredictParameters, PredictResponse
 from app.kit.blobs import BlobStore
@@ -39,6 +46,44 @@ ONNX = "onnx"
 
 _loaded: OrderedDict[str, OnnxPredictor] = OrderedDict()
 _loaded_lock = threading.Lock()
+
+
+class FairTurns:
+    """At most ``slots`` callers inside at once, let in in the order they came, and at most
+    ``queue_limit`` waiting (more are refused at once). The CPU work of a prediction runs in
+    its turn: threads racing for two cores would finish in no particular order, and the
+    slowest answers would wait seconds under load (bench/predict.py)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._issued = 0  # tickets handed out
+        self._admitted = 0  # tickets let in, in order
+        self._inside = 0
+
+    @contextmanager
+    def turn(self, *, slots: int, queue_limit: int) -> Iterator[None]:
+        with self._changed:
+            waiting, free = self._issued - self._admitted, slots - self._inside
+            if waiting >= queue_limit + free:
+                raise ResourceExhausted(
+                    f"{waiting} predictions are already waiting for their turn (the limit is "
+                    f"{queue_limit}); retry shortly"
+                )
+            ticket = self._issued
+            self._issued += 1
+            self._changed.wait_for(lambda: ticket == self._admitted and self._inside < slots)
+            self._admitted += 1
+            self._inside += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._inside -= 1
+                self._changed.notify_all()
+
+
+_turns = FairTurns()
 
 
 def deployed_model_id(deployment: Deployment) -> str:
@@ -194,13 +239,13 @@ def predict(
             )
         deployment = deploy(session, blobs, settings, model_id=model_id, version=None)
     predictor = _predictor(blobs, settings, deployment)
-    inputs = [
-        image_input(data, predictor.input_size, settings, where=f"instances[{i}].content")
-        for i, data in enumerate(images)
-    ]
-    predictions = [
-        prediction_of(found, predictor.labels, parameters) for found in predictor.predict(inputs)
-    ]
+    with _turns.turn(slots=settings.predict_concurrency, queue_limit=settings.predict_queue_limit):
+        inputs = [
+            image_input(data, predictor.input_size, settings, where=f"instances[{i}].content")
+            for i, data in enumerate(images)
+        ]
+        found = predictor.predict(inputs)
+    predictions = [prediction_of(detections, predictor.labels, parameters) for detections in found]
     return PredictResponse(
         predictions=predictions,
         deployed_model_id=deployed_model_id(deployment),
