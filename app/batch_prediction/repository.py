@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.db.batch_prediction_job import BatchPredictionJob
 from app.db.job import Job
+from app.jobs import repository as jobs_repository
 from app.jobs.repository import lease_held
 from app.kit.clock import utcnow
 from app.kit.pagination import PageCursor, newest_first
@@ -27,13 +28,7 @@ def get(session: Session, batch_job_id: str) -> BatchPredictionJob | None:
 
 
 def get_with_job(session: Session, batch_job_id: str) -> tuple[BatchPredictionJob, Job] | None:
-    row = session.execute(
-        select(BatchPredictionJob, Job)
-        .join(Job, Job.id == BatchPredictionJob.job_id)
-        .where(BatchPredictionJob.id == batch_job_id)
-        .execution_options(populate_existing=True)
-    ).first()
-    return (row[0], row[1]) if row else None
+    return jobs_repository.get_with_job(session, BatchPredictionJob, batch_job_id)
 
 
 def list_page(

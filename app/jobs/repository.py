@@ -10,7 +10,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +21,28 @@ from sqlalchemy.sql import Executable
 from app.db.job import TERMINAL_STATES, Job, JobState
 from app.kit.clock import utcnow
 from app.kit.pagination import PageCursor, newest_first
+
+
+class _RunAsJob(Protocol):
+    """A resource whose work is a job: its row holds the job's id."""
+
+    id: Any
+    job_id: Any
+
+
+RowT = TypeVar("RowT", bound=_RunAsJob)
+
+
+def get_with_job(session: Session, table: type[RowT], row_id: str) -> tuple[RowT, Job] | None:
+    """A resource's row and its job's row, read fresh (workers update both)."""
+    row = session.execute(
+        select(table, Job)
+        .join(Job, Job.id == table.job_id)
+        .where(table.id == row_id)
+        .execution_options(populate_existing=True)
+    ).first()
+    return (row[0], row[1]) if row else None
+
 
 ACTIVE_STATES = (JobState.RUNNING, JobState.CANCELLING)
 NOTIFY_CHANNEL = "edge_automl_jobs"

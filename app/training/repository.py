@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db.job import Job, JobState
 from app.db.training_job import TrainingJob
+from app.jobs import repository as jobs_repository
 from app.jobs.repository import ACTIVE_STATES
 from app.kit.clock import utcnow
 from app.kit.pagination import PageCursor, newest_first
@@ -26,13 +27,7 @@ def get(session: Session, training_job_id: str) -> TrainingJob | None:
 
 
 def get_with_job(session: Session, training_job_id: str) -> tuple[TrainingJob, Job] | None:
-    row = session.execute(
-        select(TrainingJob, Job)
-        .join(Job, Job.id == TrainingJob.job_id)
-        .where(TrainingJob.id == training_job_id)
-        .execution_options(populate_existing=True)
-    ).first()
-    return (row[0], row[1]) if row else None
+    return jobs_repository.get_with_job(session, TrainingJob, training_job_id)
 
 
 def list_page(

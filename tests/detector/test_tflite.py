@@ -81,8 +81,9 @@ def test_the_file_has_the_detection_signature_and_the_models_label_map(float_fil
     assert read_labels(float_file) == LABELS
 
 
-def test_export_is_deterministic(model_file, float_file) -> None:
+def test_export_is_deterministic(model_file, float_file, int8_file, images) -> None:
     assert export_tflite(model_file).data == float_file
+    assert export_tflite_int8(model_file, images).data == int8_file
 
 
 def test_the_int8_file_takes_uint8_pixels_and_mediapipe_runs_it(
