@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -215,6 +216,61 @@ def prediction_of(
     )
 
 
+def check_instance_count(images: Sequence[bytes], settings: Settings) -> None:
+    if len(images) > settings.max_predict_instances:
+        raise InvalidInput.field(
+            "instances",
+            f"{len(images)} images is over the {settings.max_predict_instances}-image limit",
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What answers a model's predictions in this process: its deployment and loaded file."""
+
+    deployment: Deployment
+    predictor: OnnxPredictor
+
+
+def serving(session: Session, blobs: BlobStore, settings: Settings, *, model_id: str) -> Serving:
+    """The model's deployment, loaded; 409 when it is not deployed (or deployed now, when the
+    operator enabled deploying on demand)."""
+    deployment = get_deployment(session, model_id=model_id)
+    if deployment is None:
+        if not settings.predict_deploys_on_demand:
+            raise Conflict(
+                f"model {model_id!r} is not deployed: deploy it with "
+                f"POST /v1/models/{model_id}:deploy, then predict"
+            )
+        deployment = deploy(session, blobs, settings, model_id=model_id, version=None)
+    return Serving(deployment, _predictor(blobs, settings, deployment))
+
+
+def predict_with(
+    served: Serving,
+    settings: Settings,
+    *,
+    images: Sequence[bytes],
+    parameters: PredictParameters,
+) -> PredictResponse:
+    """Detections for each image, in Vertex's shape: the CPU work, in its turn, without the
+    database."""
+    check_instance_count(images, settings)
+    predictor = served.predictor
+    with _turns.turn(slots=settings.predict_concurrency, queue_limit=settings.predict_queue_limit):
+        inputs = [
+            image_input(data, predictor.input_size, settings, where=f"instances[{i}].content")
+            for i, data in enumerate(images)
+        ]
+        found = predictor.predict(inputs)
+    predictions = [prediction_of(detections, predictor.labels, parameters) for detections in found]
+    return PredictResponse(
+        predictions=predictions,
+        deployed_model_id=deployed_model_id(served.deployment),
+        model_version=served.deployment.model_version,
+    )
+
+
 def predict(
     session: Session,
     blobs: BlobStore,
@@ -225,29 +281,6 @@ def predict(
     parameters: PredictParameters,
 ) -> PredictResponse:
     """Detections for each image, in Vertex's shape, from the deployed ONNX file."""
-    if len(images) > settings.max_predict_instances:
-        raise InvalidInput.field(
-            "instances",
-            f"{len(images)} images is over the {settings.max_predict_instances}-image limit",
-        )
-    deployment = get_deployment(session, model_id=model_id)
-    if deployment is None:
-        if not settings.predict_deploys_on_demand:
-            raise Conflict(
-                f"model {model_id!r} is not deployed: deploy it with "
-                f"POST /v1/models/{model_id}:deploy, then predict"
-            )
-        deployment = deploy(session, blobs, settings, model_id=model_id, version=None)
-    predictor = _predictor(blobs, settings, deployment)
-    with _turns.turn(slots=settings.predict_concurrency, queue_limit=settings.predict_queue_limit):
-        inputs = [
-            image_input(data, predictor.input_size, settings, where=f"instances[{i}].content")
-            for i, data in enumerate(images)
-        ]
-        found = predictor.predict(inputs)
-    predictions = [prediction_of(detections, predictor.labels, parameters) for detections in found]
-    return PredictResponse(
-        predictions=predictions,
-        deployed_model_id=deployed_model_id(deployment),
-        model_version=deployment.model_version,
-    )
+    check_instance_count(images, settings)
+    served = serving(session, blobs, settings, model_id=model_id)
+    return predict_with(served, settings, images=images, parameters=parameters)
