@@ -256,7 +256,7 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
                 trained["cocoMetrics"]["overall"][figure], abs=1e-3
             )
         # TFLite, float32 and int8, exported and evaluated as shipped (LiteRT runs them): the
-        # float file scores as the weights do; int8's TEST mAP@0.5 is within 2 points.
+        # float file scores as the weights do; int8's TEST mAP@0.5 loses at most 2 points.
         tflite = {}
         for artifact_format in ("tflite", "tflite-int8"):
             evaluation, tflite[artifact_format] = export_and_evaluate(
@@ -275,8 +275,10 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
                         trained["cocoMetrics"]["overall"][figure], abs=1e-3
                     )
             else:
+                # No more than 2 points below float; quantization noise can also lift it a
+                # little (+2.2 points seen on a model trained 7 minutes).
                 float_ap50 = trained["cocoMetrics"]["overall"]["AP50"]
-                assert abs(overall["AP50"] - float_ap50) <= 0.02, (overall, float_ap50)
+                assert overall["AP50"] >= float_ap50 - 0.02, (overall, float_ap50)
 
         photos = photos_of_test_split(folder)[:20]
         answers = predict_each(http, model_id, photos)
