@@ -254,8 +254,7 @@ def predict_with(
     parameters: PredictParameters,
 ) -> PredictResponse:
     """Detections for each image, in Vertex's shape: the CPU work, in its turn, without the
-    database."""
-    check_instance_count(images, settings)
+    database. The caller has checked the instance count (before any database work)."""
     predictor = served.predictor
     with _turns.turn(slots=settings.predict_concurrency, queue_limit=settings.predict_queue_limit):
         inputs = [

@@ -10,6 +10,7 @@ from typing import Any
 
 from app.errors import FailedPrecondition, NotFound
 from app.jobs.context import JobContext
+from app.kit.blobs import BlobNotFound
 from app.registry import service
 
 log = logging.getLogger(__name__)
@@ -20,21 +21,22 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 100
 
 
-def _exporters(ctx: JobContext, training_job_id: str | None) -> dict[str, Callable[[bytes], Any]]:
+def _exporters(
+    ctx: JobContext, training_job_id: str | None, input_size: int
+) -> dict[str, Callable[[bytes], Any]]:
     # Imported here: torch, onnx and the converters load only in the worker that exports.
     from app.detector.export import export_onnx
     from app.detector.tflite import export_tflite, export_tflite_int8
 
     def int8(weights: bytes) -> Any:
-        return export_tflite_int8(weights, _calibration_images(ctx, training_job_id, weights))
+        return export_tflite_int8(weights, _calibration_images(ctx, training_job_id, input_size))
 
     return {"onnx": export_onnx, "tflite": export_tflite, service.INT8: int8}
 
 
-def _calibration_images(ctx: JobContext, training_job_id: str | None, weights: bytes) -> list[Any]:
+def _calibration_images(ctx: JobContext, training_job_id: str | None, size: int) -> list[Any]:
     """Up to CALIBRATION_IMAGES of the TRAIN images the version was trained on (its training
     job's snapshot), evenly spread, through the one preprocessing serving uses."""
-    from app.detector.bundle import load_bundle
     from app.detector.data import model_input
     from app.training import service as training_service
     from app.training.tasks import train_image_keys
@@ -47,12 +49,12 @@ def _calibration_images(ctx: JobContext, training_job_id: str | None, weights: b
     keys = train_image_keys(json.loads(ctx.blobs.get(snapshot_key)))
     step = max(1, len(keys) / CALIBRATION_IMAGES)
     chosen = [keys[int(i * step)] for i in range(min(len(keys), CALIBRATION_IMAGES))]
-    size = load_bundle(weights).input_size
     images = []
     for key in chosen:
-        # An image deleted since training is skipped; the rest still calibrate.
-        if ctx.blobs.exists(key):
+        try:
             images.append(model_input(ctx.blobs.get(key), size)[0])
+        except BlobNotFound:
+            continue  # an image deleted since training; the rest still calibrate
     if not images:
         raise FailedPrecondition("none of the images the model was trained on is stored anymore")
     return images
@@ -74,7 +76,8 @@ def export_model(ctx: JobContext) -> dict[str, Any]:
             return _response(model_id, number, format, existing.sha256, existing.size_bytes)
         weights_key, weights_sha256 = version.weights_blob_key, version.weights_sha256
         training_job_id = version.training_job_id
-    exporter = _exporters(ctx, training_job_id).get(format)
+        input_size = service.get(session, model_id=model_id).input_size
+    exporter = _exporters(ctx, training_job_id, input_size).get(format)
     if exporter is None:
         raise FailedPrecondition(f"export to {format} is not available in this build")
     weights = ctx.blobs.get(weights_key)
