@@ -14,7 +14,7 @@ from app.db.evaluation import Evaluation
 from app.db.image import Image
 from app.db.import_row import ImportRow
 from app.db.job import Job, JobState
-from app.db.model import Model
+from app.db.model import Model, ModelTag
 from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
 from app.db.training_job import TrainingJob
@@ -34,6 +34,7 @@ __all__ = [
     "JobState",
     "Model",
     "ModelArtifact",
+    "ModelTag",
     "ModelVersion",
     "Split",
     "TrainingJob",

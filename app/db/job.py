@@ -37,12 +37,15 @@ class Job(Base):
         Index("ix_jobs_claim", "state", "run_after", "created_at"),
         Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
         Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_resource", "resource_name", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(60), primary_key=True)
     kind: Mapped[str] = mapped_column(String(100))
     # Ids and small options only: a task loads fresh state from the database when it runs.
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The resource the job changes ("models/ID"): its unfinished jobs lock it.
+    resource_name: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)

@@ -18,7 +18,9 @@ class ModelVersion(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     training_job_id: Mapped[str | None] = mapped_column(String(60))
-    # The PyTorch model file (app.detector.bundle), as trained.
+    # The version's own file: "pytorch" (app.detector.bundle, as trained here) or "tflite"
+    # (uploaded; it is also the version's tflite artifact).
+    format: Mapped[str] = mapped_column(String(16), default="pytorch")
     weights_blob_key: Mapped[str] = mapped_column(String(200))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     weights_size_bytes: Mapped[int] = mapped_column(Integer)

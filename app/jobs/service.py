@@ -31,8 +31,12 @@ def enqueue(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     run_after: datetime | None = None,
     description: str | None = None,
+    resource_name: str | None = None,
 ) -> Job:
-    """Add a job to the queue inside the caller's transaction: it exists iff the caller commits."""
+    """Add a job to the queue inside the caller's transaction: it exists iff the caller commits.
+
+    ``resource_name`` ("models/ID") names what the job changes: while it is unfinished the
+    resource lists it among its active operations."""
     payload = payload or {}
     if len(json.dumps(payload)) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"job payload over {MAX_PAYLOAD_BYTES} bytes: pass ids, not data")
@@ -41,6 +45,7 @@ def enqueue(
         id=new_id(),
         kind=kind,
         payload=payload,
+        resource_name=resource_name,
         state=JobState.QUEUED,
         attempts=0,
         max_attempts=max_attempts,
