@@ -26,7 +26,6 @@ from sqlalchemy import ColumnElement, String, and_, cast, exists, func, not_, or
 
 from app.db.model import Model, ModelTag
 from app.errors import InvalidInput
-from app.registry.schemas import NAME_PATTERN
 
 MAX_LENGTH = 1000
 MAX_COMPARISONS = 20
@@ -114,7 +113,8 @@ TokenKind = Literal["word", "keyword", "op", "value", "string", "(", ")", "-", "
 _SPACE = " \t\r\n"
 _WORD = re.compile(r"[A-Za-z0-9_.]+")
 _BARE_VALUE = re.compile(r"[^ \t\r\n()]+")
-_NAME = re.compile(NAME_PATTERN)
+# The registry's rule for display names and tags (DESIGN 3.4).
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
 _KEYWORDS = ("AND", "OR", "NOT")
 _FIELDS: dict[str, FieldName] = {
     "display_name": "display_name",
