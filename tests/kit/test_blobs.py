@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -94,6 +95,13 @@ def test_a_write_without_waiting_for_the_disk_is_whole_and_sync_makes_it_durable
     assert [info.size for info in infos] == [100] * 5
     assert [store.get(f"bulk/{i}") for i in range(5)] == [bytes([i]) * 100 for i in range(5)]
     assert keys(store, "bulk/") == [f"bulk/{i}" for i in range(5)]
+
+
+def test_put_if_absent_stores_only_the_first(store: BlobStore) -> None:
+    assert store.put_if_absent("secrets/k", b"first") is True
+    assert store.put_if_absent("secrets/k", b"second") is False
+    assert store.get("secrets/k") == b"first"
+    assert [info.key for info in store.list("secrets/")] == ["secrets/k"]
 
 
 def test_exists_and_stat(store: BlobStore) -> None:
@@ -204,6 +212,26 @@ def test_a_failed_write_keeps_the_old_blob_and_leaves_no_temp_files(tmp_path: Pa
     assert store.get("model.bin") == b"old"
     assert store.stat("model.bin").content_type == "application/octet-stream"
     assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == before
+
+
+def test_local_put_if_absent_has_one_winner_among_racers(tmp_path: Path) -> None:
+    barrier = threading.Barrier(8)
+    won: list[bytes] = []
+
+    def racer(n: int) -> None:
+        store = LocalBlobStore(tmp_path)
+        barrier.wait()
+        if store.put_if_absent("secrets/k", bytes([n]) * 64):
+            won.append(bytes([n]) * 64)
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+    assert LocalBlobStore(tmp_path).get("secrets/k") == won[0]
+    assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == ["k"]  # no temp files
 
 
 def test_local_listing_hides_temp_files_and_sidecars(tmp_path: Path) -> None:

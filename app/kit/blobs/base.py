@@ -65,6 +65,14 @@ class BlobStore(ABC):
         """
 
     @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` only if no blob is there; True when this call stored it.
+
+        Atomic: of several callers racing on one key, exactly one stores its bytes and every
+        caller then reads those. No content type is kept.
+        """
+
+    @abstractmethod
     def sync(self) -> None:
         """Make every earlier ``durable=False`` write durable (a no-op where all writes are)."""
 

@@ -108,6 +108,19 @@ class GcsBlobStore(BlobStore):
             blob.upload_from_file(_FromHere(data), content_type=content_type)
         return self._info(key, blob)
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        blob = self._blob(key)
+        # Generation 0 means "no live object": Cloud Storage makes the check and the write one
+        # step. Looking first keeps the answer right on emulators that ignore preconditions
+        # (gcp-storage-emulator does), where only a true race could still overwrite.
+        if blob.exists():
+            return False
+        try:
+            blob.upload_from_string(data, if_generation_match=0)
+        except google_exceptions.PreconditionFailed:
+            return False
+        return True
+
     def get(self, key: str) -> bytes:
         try:
             return cast(bytes, self._blob(key).download_as_bytes())

@@ -100,6 +100,24 @@ class LocalBlobStore(BlobStore):
             updated=datetime.fromtimestamp(written.st_mtime, UTC),
         )
 
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        folder = path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Conflict(f"blob key {key!r} passes through an existing blob") from None
+        temp, _ = _write_temp(folder, data)
+        try:
+            # A hard link, unlike a rename, fails when the target exists: the atomic check.
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+        _fsync_folder(folder)
+        return True
+
     def sync(self) -> None:
         # One file-system-wide flush costs about what a single fsync does, instead of two
         # fsyncs (file and folder) per blob.
