@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -125,6 +125,24 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1024, description="Size limit of a batch input file."
     )
 
+    download_signing_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the download links this service signs (local blob store). "
+        "Unset: a random key made once and kept in the blob store, which every replica reads.",
+    )
+    download_link_ttl_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long a :download answer's downloadUri works (Firebase ML's last about "
+        "an hour; Cloud Storage signs for at most 7 days).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL apps reach this service at (https://ml.example.com), for the "
+        "download links it signs; unset: the request's own URL.",
+    )
+
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
     job_heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -148,6 +166,25 @@ class Settings(BaseSettings):
         if not value.startswith(("file://", "gs://")):
             raise ValueError("must start with file:// or gs://")
         return value
+
+    @field_validator("download_signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "must be at least 32 characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _stall_timeout_outlasts_heartbeats(self) -> Settings:

@@ -10,6 +10,7 @@ from app.config import Settings, get_settings, open_settings_blob_store
 from app.datasets.api import router as datasets_router
 from app.db import migrate
 from app.db.session import make_engine, make_session_factory
+from app.delivery.api import router as delivery_router
 from app.evaluation.api import router as evaluation_router
 from app.health.api import router as health_router
 from app.inference.api import router as inference_router
@@ -61,6 +62,7 @@ def create_app(
     app.include_router(operations_router)
     app.include_router(datasets_router)
     app.include_router(training_router)
+    app.include_router(delivery_router)  # before the registry: its colon route must win
     app.include_router(registry_router)
     app.include_router(evaluation_router)
     app.include_router(inference_router)
