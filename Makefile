@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint pytest openapi bench-queue bench-import bench-evaluate bench-predict clean
+.PHONY: serve test lint pytest openapi bench-queue bench-import bench-evaluate bench-predict bench-download clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-evaluate: $(VENV)/.installed-dev
 
 bench-predict: $(VENV)/.installed-dev
 	$(BIN)/python bench/predict.py
+
+bench-download: $(VENV)/.installed-dev
+	$(BIN)/python bench/download.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
