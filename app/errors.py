@@ -114,6 +114,14 @@ class AlreadyExists(Conflict):
     rpc_code = 6
 
 
+class PreconditionFailed(AppError):
+    """An ``If-Match`` (or body ``etag``) that names an older state of the resource."""
+
+    status_code = 412
+    status = "FAILED_PRECONDITION"
+    rpc_code = 9
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     status = "OUT_OF_RANGE"

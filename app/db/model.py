@@ -11,7 +11,6 @@ The files themselves are ``model_versions``; tags are ``model_tags`` (so filters
 from __future__ import annotations
 
 from datetime import datetime
-
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String
@@ -37,14 +36,19 @@ class Model(Base):
     # "training" (a training job here) or "upload" (a .tflite file brought by the user).
     source: Mapped[str] = mapped_column(String(16), default="training")
     revision: Mapped[int] = mapped_column(Integer, default=1)
-    published_split: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    # none_as_null: Python None is SQL NULL (not JSON null), so "IS NULL" means unpublished.
+    published_split: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # google.rpc.Status-like {code, message} when an uploaded file failed validation.
-    validation_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    validation_error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     # Where the Firebase ML mirror stands: {name, published, modelHash, error, updateTime}.
-    firebase_mirror: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    firebase_mirror: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    # Optimistic locking: every UPDATE checks and bumps the revision, so two writers that read
+    # the same state cannot both win (SQLAlchemy raises StaleDataError for the loser).
+    __mapper_args__ = {"version_id_col": revision}  # noqa: RUF012 - SQLAlchemy reads it
 
 
 class ModelTag(Base):

@@ -91,6 +91,7 @@ def default_registry() -> JobRegistry:
     registry.register(training_service.TRAIN_KIND, training_tasks.train)
     registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
     registry.register(registry_service.EXPORT_KIND, registry_tasks.export_model)
+    registry.register(registry_service.PURGE_KIND, registry_tasks.purge_model_files)
     registry.register(
         batch_prediction_service.BATCH_PREDICT_KIND, batch_prediction_tasks.predict_batch
     )

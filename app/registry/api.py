@@ -5,30 +5,41 @@ from __future__ import annotations
 from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from sqlalchemy.orm import Session
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
+from app.db.job import Job
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
 from app.errors import (
+    AlreadyExists,
+    Conflict,
     FailedPrecondition,
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PreconditionFailed,
     Unauthenticated,
     error_responses,
 )
 from app.jobs.schemas import OperationRead
 from app.kit.pagination import check_page_size, decode_token, encode_token
-from app.registry import service
+from app.registry import filters, service
 from app.registry.schemas import (
     ArtifactRead,
     ExportFormat,
     ExportRequest,
     ModelList,
     ModelRead,
+    ModelState,
+    ModelUpdate,
     ModelVersionRead,
+    OperationRef,
+    PublishRequest,
+    UnpublishRequest,
+    ValidationErrorRead,
 )
 from app.web.deps import BlobsDep, SessionDep, SettingsDep
 
@@ -40,13 +51,37 @@ READ = [Depends(require(Scope.READ))]
 WRITE = [Depends(require(Scope.WRITE))]
 
 
+IfMatch = Annotated[str | None, Header(description="The etag read; a stale one answers 412.")]
+
+
 def _model_read(
-    model: Model, versions: list[ModelVersion], artifacts: list[ModelArtifact]
+    model: Model,
+    versions: list[ModelVersion],
+    artifacts: list[ModelArtifact],
+    tags: list[str],
+    operations: list[Job],
 ) -> ModelRead:
+    published = service.main_published_version(model)
+    shown = published if published is not None else max((v.version for v in versions), default=0)
+    tflite = next(
+        (a for a in artifacts if a.model_version == shown and a.format == service.TFLITE), None
+    )
+    error = model.validation_error
     return ModelRead(
         id=model.id,
         name=f"models/{model.id}",
         display_name=model.display_name,
+        tags=tags,
+        state=ModelState(
+            published=model.published_split is not None,
+            validation_error=ValidationErrorRead(**error) if error else None,
+        ),
+        published_version=published,
+        traffic_split=dict(model.published_split) if model.published_split else None,
+        model_hash=tflite.sha256 if tflite else None,
+        etag=service.etag_of(model),
+        active_operations=[OperationRef(name=f"operations/{job.id}") for job in operations],
+        source=cast(Literal["training", "upload"], model.source),
         labels=list(model.labels),
         model_type=model.model_type,
         input_size=model.input_size,
@@ -56,6 +91,7 @@ def _model_read(
             ModelVersionRead(
                 version=v.version,
                 training_job_id=v.training_job_id,
+                format=cast(Literal["pytorch", "tflite"], v.format),
                 sha256=v.weights_sha256,
                 size_bytes=v.weights_size_bytes,
                 artifacts=[
@@ -78,7 +114,71 @@ def _model_read(
     )
 
 
+def read_models(session: Session, models: list[Model]) -> list[ModelRead]:
+    """Models as the API shows them, with their versions, files, tags and operations."""
+    versions = service.versions(session, models)
+    artifacts = service.artifacts(session, models)
+    tags = service.tags(session, models)
+    operations = service.active_operations(session, models)
+    return [
+        _model_read(m, versions[m.id], artifacts[m.id], tags[m.id], operations[m.id])
+        for m in models
+    ]
+
+
+def _with_etag(model: ModelRead, response: Response) -> ModelRead:
+    response.headers["ETag"] = f'"{model.etag}"'
+    return model
+
+
 # -- custom methods first: "/models/{id}:export" must not match "/models/{id}" ------------
+
+
+@router.post(
+    "/models/{modelId}:publish",
+    response_model=ModelRead,
+    dependencies=WRITE,
+    responses=error_responses(
+        InvalidInput,
+        NotFound,
+        FailedPrecondition,
+        Conflict,
+        AlreadyExists,
+        PreconditionFailed,
+        *AUTH,
+    ),
+)
+def publish_model(
+    model_id: ModelId,
+    session: SessionDep,
+    response: Response,
+    publish_in: PublishRequest | None = None,
+    if_match: IfMatch = None,
+) -> ModelRead:
+    """Publish a version for apps to download (default the latest), or an A/B split."""
+    model = service.publish(
+        session, model_id=model_id, publish_in=publish_in or PublishRequest(), if_match=if_match
+    )
+    return _with_etag(read_models(session, [model])[0], response)
+
+
+@router.post(
+    "/models/{modelId}:unpublish",
+    response_model=ModelRead,
+    dependencies=WRITE,
+    responses=error_responses(NotFound, Conflict, PreconditionFailed, *AUTH),
+)
+def unpublish_model(
+    model_id: ModelId,
+    session: SessionDep,
+    response: Response,
+    unpublish_in: UnpublishRequest | None = None,
+    if_match: IfMatch = None,
+) -> ModelRead:
+    """Stop serving the model to apps; its versions and files stay."""
+    etag = if_match or (unpublish_in.etag if unpublish_in else None)
+    model = service.unpublish(session, model_id=model_id, if_match=etag)
+    return _with_etag(read_models(session, [model])[0], response)
 
 
 @router.post(
@@ -103,17 +203,28 @@ def export_model(model_id: ModelId, export_in: ExportRequest, session: SessionDe
 def list_models(
     session: SessionDep,
     settings: SettingsDep,
+    filter: Annotated[
+        str | None,
+        Query(
+            description="Firebase ML's grammar: display_name = x, display_name : prefix*, "
+            "tags: a AND tags: b, state.published = true"
+        ),
+    ] = None,
     page_size: Annotated[int | None, Query(alias="pageSize")] = None,
     page_token: Annotated[str | None, Query(alias="pageToken")] = None,
 ) -> ModelList:
-    """List models, newest first."""
+    """List models, newest first, optionally filtered."""
     size = check_page_size(page_size, default=settings.default_page_size)
-    models, cursor = service.list_models(session, page_size=size, after=decode_token(page_token))
-    versions = service.versions(session, models)
-    artifacts = service.artifacts(session, models)
+    parsed = filters.parse_filter(filter)
+    models, cursor = service.list_models(
+        session,
+        page_size=size,
+        after=decode_token(page_token, filter_key=filter or ""),
+        where=filters.to_clause(parsed) if parsed is not None else None,
+    )
     return ModelList(
-        models=[_model_read(m, versions[m.id], artifacts[m.id]) for m in models],
-        next_page_token=encode_token(cursor) if cursor else None,
+        models=read_models(session, list(models)),
+        next_page_token=encode_token(cursor, filter_key=filter or "") if cursor else None,
     )
 
 
@@ -123,14 +234,54 @@ def list_models(
     dependencies=READ,
     responses=error_responses(NotFound, *AUTH),
 )
-def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
-    """Get a model: its labels, type, input size and versions."""
+def get_model(model_id: ModelId, session: SessionDep, response: Response) -> ModelRead:
+    """Get a model: its labels, type, versions, tags and publishing state (ETag: its etag)."""
     model = service.get(session, model_id=model_id)
-    return _model_read(
-        model,
-        service.versions(session, [model])[model.id],
-        service.artifacts(session, [model])[model.id],
+    return _with_etag(read_models(session, [model])[0], response)
+
+
+@router.patch(
+    "/models/{modelId}",
+    response_model=ModelRead,
+    dependencies=WRITE,
+    responses=error_responses(
+        InvalidInput, NotFound, Conflict, AlreadyExists, PreconditionFailed, *AUTH
+    ),
+)
+def update_model(
+    model_id: ModelId,
+    update_in: ModelUpdate,
+    session: SessionDep,
+    response: Response,
+    update_mask: Annotated[
+        str | None,
+        Query(alias="updateMask", description="displayName, tags; default: the fields sent"),
+    ] = None,
+    if_match: IfMatch = None,
+) -> ModelRead:
+    """Rename a model or replace its tags."""
+    model = service.update(
+        session, model_id=model_id, update_in=update_in, update_mask=update_mask, if_match=if_match
     )
+    return _with_etag(read_models(session, [model])[0], response)
+
+
+@router.delete(
+    "/models/{modelId}",
+    status_code=204,
+    response_class=Response,
+    dependencies=WRITE,
+    responses=error_responses(NotFound, Conflict, PreconditionFailed, *AUTH),
+)
+def delete_model(
+    model_id: ModelId,
+    session: SessionDep,
+    force: Annotated[bool, Query(description="Delete even while published.")] = False,
+    if_match: IfMatch = None,
+) -> Response:
+    """Delete a model, its versions and files (refused while published unless force)."""
+    service.delete(session, model_id=model_id, force=force, if_match=if_match)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import ColumnElement, String, and_, cast, exists, func, not_, or_
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_
 
 from app.db.model import Model, ModelTag
 from app.errors import InvalidInput
@@ -97,13 +97,9 @@ def to_clause(expr: Filter) -> ColumnElement[bool]:
 
 
 def _published() -> ColumnElement[bool]:
-    # Assigning None to a plain JSON column through the ORM stores JSON 'null', not SQL
-    # NULL; both mean unpublished. json has no '=' on PostgreSQL, so compare the text form.
-    # Never SQL NULL itself, so NOT of it is the exact complement.
-    return and_(
-        Model.published_split.is_not(None),
-        cast(Model.published_split, String) != "null",
-    )
+    # The column stores None as SQL NULL (none_as_null), so IS NOT NULL is the whole test and
+    # never NULL itself: NOT of it is the exact complement.
+    return Model.published_split.is_not(None)
 
 
 # -- tokens ------------------------------------------------------------------------------

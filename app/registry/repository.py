@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Session
 
-from app.db.model import Model
+from app.db.job import TERMINAL_STATES, Job
+from app.db.model import Model, ModelTag
 from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
 from app.kit.pagination import PageCursor, newest_first
@@ -24,11 +25,70 @@ def get(session: Session, model_id: str) -> Model | None:
     return session.get(Model, model_id)
 
 
-def list_page(session: Session, *, limit: int, after: PageCursor | None) -> Sequence[Model]:
-    query = newest_first(
-        select(Model), time=Model.created_at, id=Model.id, after=after, limit=limit
-    )
+def list_page(
+    session: Session,
+    *,
+    limit: int,
+    after: PageCursor | None,
+    where: ColumnElement[bool] | None = None,
+) -> Sequence[Model]:
+    query = select(Model) if where is None else select(Model).where(where)
+    query = newest_first(query, time=Model.created_at, id=Model.id, after=after, limit=limit)
     return session.scalars(query).all()
+
+
+def published_named(session: Session, display_name: str) -> Sequence[Model]:
+    """Published models with this display name, most recently published first."""
+    return session.scalars(
+        select(Model)
+        .where(Model.display_name == display_name, Model.published_split.is_not(None))
+        .order_by(Model.published_at.desc(), Model.id)
+    ).all()
+
+
+def delete_model(session: Session, model: Model) -> None:
+    """The model's rows; its versions, files' rows, tags, evaluations and deployment cascade."""
+    session.delete(model)
+    session.flush()
+
+
+# -- tags --------------------------------------------------------------------------------
+
+
+def tags_of(session: Session, model_ids: Sequence[str]) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        for row in session.scalars(
+            select(ModelTag).where(ModelTag.model_id.in_(model_ids)).order_by(ModelTag.tag)
+        ):
+            tags[row.model_id].append(row.tag)
+    return tags
+
+
+def set_tags(session: Session, model_id: str, tags: Sequence[str]) -> None:
+    session.execute(delete(ModelTag).where(ModelTag.model_id == model_id))
+    session.add_all(ModelTag(model_id=model_id, tag=tag) for tag in sorted(set(tags)))
+    session.flush()
+
+
+# -- operations on a model ---------------------------------------------------------------
+
+
+def unfinished_jobs_of(session: Session, resource_names: Sequence[str]) -> dict[str, list[Job]]:
+    """Each resource's jobs that have not reached a terminal state, oldest first."""
+    found: dict[str, list[Job]] = {name: [] for name in resource_names}
+    if resource_names:
+        for job in session.scalars(
+            select(Job)
+            .where(
+                Job.resource_name.in_(resource_names),
+                Job.state.not_in([state.value for state in TERMINAL_STATES]),
+            )
+            .order_by(Job.created_at, Job.id)
+        ):
+            assert job.resource_name is not None
+            found[job.resource_name].append(job)
+    return found
 
 
 # -- versions ----------------------------------------------------------------------------

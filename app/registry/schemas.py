@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -23,7 +23,10 @@ class ArtifactRead(ApiModel):
 class ModelVersionRead(ApiModel):
     version: int
     training_job_id: str | None = None
-    sha256: str = Field(description="SHA-256 of the PyTorch model file.")
+    format: Literal["pytorch", "tflite"] = Field(
+        description="The version's own file: PyTorch weights trained here, or an uploaded TFLite."
+    )
+    sha256: str = Field(description="SHA-256 of the version's own file.")
     size_bytes: int
     artifacts: list[ArtifactRead] = Field(
         default_factory=list, description="Exported files (GET …/artifacts/{format})."
@@ -36,10 +39,50 @@ class ExportRequest(ApiModel):
     model_version: int | None = Field(default=None, ge=1, description="Default: the latest.")
 
 
+# Firebase ML's rule for display names and tags.
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,60}$"
+MAX_TAGS = 20
+
+
+class ValidationErrorRead(ApiModel):
+    code: int = Field(description="google.rpc.Code: 3 (INVALID_ARGUMENT) for a rejected file.")
+    message: str
+
+
+class ModelState(ApiModel):
+    published: bool
+    validation_error: ValidationErrorRead | None = Field(
+        default=None, description="Why an uploaded file cannot be published."
+    )
+
+
+class OperationRef(ApiModel):
+    name: str = Field(description="operations/{id}")
+
+
 class ModelRead(ApiModel):
     id: str
     name: str = Field(description="models/{id}")
     display_name: str
+    tags: list[str] = Field(default_factory=list)
+    state: ModelState
+    published_version: int | None = Field(
+        default=None, description="The version apps download (the heaviest of a split)."
+    )
+    traffic_split: dict[str, int] | None = Field(
+        default=None,
+        description='Published versions and their weights in percent, e.g. {"3": 80, "4": 20}.',
+    )
+    model_hash: str | None = Field(
+        default=None,
+        description="SHA-256 of the TFLite file apps download: the published version's, "
+        "else the latest version's once exported.",
+    )
+    etag: str = Field(description="Send it back in If-Match to update only what you read.")
+    active_operations: list[OperationRef] = Field(
+        default_factory=list, description="Unfinished operations; the model is locked meanwhile."
+    )
+    source: Literal["training", "upload"]
     labels: list[str] = Field(description="Label names; a label's position is its class id.")
     model_type: str
     input_size: int = Field(description="Side of the square input image, in pixels.")
@@ -48,6 +91,32 @@ class ModelRead(ApiModel):
     versions: list[ModelVersionRead] = Field(description="Oldest first; files never change.")
     create_time: datetime
     update_time: datetime
+
+
+class ModelUpdate(ApiModel):
+    """The fields ``updateMask`` may name; the others are ignored."""
+
+    display_name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    tags: list[Annotated[str, Field(pattern=NAME_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_TAGS
+    )
+    etag: str | None = Field(default=None, description="As If-Match.")
+
+
+class PublishRequest(ApiModel):
+    model_version: int | None = Field(
+        default=None, ge=1, description="Default: the latest version."
+    )
+    traffic_split: dict[str, int] | None = Field(
+        default=None,
+        description="Versions and weights in percent summing to 100, for an A/B test; "
+        "instead of modelVersion.",
+    )
+    etag: str | None = Field(default=None, description="As If-Match.")
+
+
+class UnpublishRequest(ApiModel):
+    etag: str | None = Field(default=None, description="As If-Match.")
 
 
 class ModelList(ApiModel):

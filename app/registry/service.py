@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import ColumnElement
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from app.db.job import Job
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
 from app.db.model_version import ModelVersion
-from app.errors import FailedPrecondition, InvalidInput, NotFound
+from app.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+)
 from app.jobs import service as jobs_service
 from app.kit.clock import utcnow
 from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
 from app.registry import repository
-from app.registry.schemas import ExportRequest
+from app.registry.schemas import ExportRequest, ModelUpdate, PublishRequest
 
 EXPORT_KIND = "registry.export"
+PURGE_KIND = "registry.purge"
+TFLITE = "tflite"
+# updateMask paths a PATCH may name, in either spelling, and the field each sets.
+UPDATABLE = {"displayName": "display_name", "display_name": "display_name", "tags": "tags"}
 PYTORCH = "pytorch"
 ARTIFACT_FILES = {
     "onnx": "model.onnx",
@@ -58,13 +73,260 @@ def get(session: Session, *, model_id: str) -> Model:
 
 
 def list_models(
-    session: Session, *, page_size: int, after: PageCursor | None
+    session: Session,
+    *,
+    page_size: int,
+    after: PageCursor | None,
+    where: ColumnElement[bool] | None = None,
 ) -> tuple[Sequence[Model], PageCursor | None]:
-    rows = repository.list_page(session, limit=page_size + 1, after=after)
+    rows = repository.list_page(session, limit=page_size + 1, after=after, where=where)
     if len(rows) <= page_size:
         return rows, None
     last = rows[page_size - 1]
     return rows[:page_size], PageCursor(time=last.created_at, id=last.id)
+
+
+def resource_name(model_id: str) -> str:
+    return f"models/{model_id}"
+
+
+def etag_of(model: Model) -> str:
+    """Changes whenever what a client sees of the model changes (its revision)."""
+    return hashlib.sha256(f"{model.id}/{model.revision}".encode()).hexdigest()[:20]
+
+
+def check_etag(model: Model, etag: str | None) -> None:
+    """PreconditionFailed unless ``etag`` (If-Match or a body ``etag``) is absent, ``*`` or
+    the model's current etag."""
+    if etag is None or not etag.strip():
+        return
+    given = {t.strip().removeprefix("W/").strip('"') for t in etag.split(",")}
+    if "*" in given or etag_of(model) in given:
+        return
+    raise PreconditionFailed(
+        f"model {model.id!r} changed since it was read (etag {etag.strip()}, now "
+        f"{etag_of(model)}): read it again and retry"
+    )
+
+
+def tags(session: Session, models: Sequence[Model]) -> dict[str, list[str]]:
+    return repository.tags_of(session, [m.id for m in models])
+
+
+def active_operations(session: Session, models: Sequence[Model]) -> dict[str, list[Job]]:
+    """Each model's unfinished operations (exports, validations, mirroring)."""
+    found = repository.unfinished_jobs_of(session, [resource_name(m.id) for m in models])
+    return {m.id: found[resource_name(m.id)] for m in models}
+
+
+def check_unlocked(session: Session, model: Model) -> None:
+    running = active_operations(session, [model])[model.id]
+    if running:
+        raise Conflict(
+            f"model {model.id!r} is locked while operations/{running[0].id} "
+            f"({running[0].description}) runs; retry when it is done"
+        )
+
+
+def published_versions(model: Model) -> dict[int, int]:
+    """Published version numbers and their weights; empty while unpublished."""
+    return {int(v): w for v, w in (model.published_split or {}).items()}
+
+
+def main_published_version(model: Model) -> int | None:
+    """The heaviest published version (the newer on a tie)."""
+    split = published_versions(model)
+    return max(split, key=lambda v: (split[v], v)) if split else None
+
+
+def _save(session: Session, model: Model) -> None:
+    """Flush a change to the model: its revision moves, and a concurrent writer that read the
+    same revision loses with a Conflict instead of overwriting."""
+    model_id = model.id  # the failed flush below expires the object
+    model.updated_at = utcnow()
+    try:
+        session.flush()
+    except StaleDataError:
+        raise Conflict(f"model {model_id!r} was changed concurrently; read it again") from None
+
+
+def update(
+    session: Session,
+    *,
+    model_id: str,
+    update_in: ModelUpdate,
+    update_mask: str | None,
+    if_match: str | None,
+) -> Model:
+    """Change a model's display name and tags (the fields ``update_mask`` names, or those
+    the body sets)."""
+    model = get(session, model_id=model_id)
+    check_etag(model, if_match or update_in.etag)
+    fields = _masked_fields(update_in, update_mask)
+    check_unlocked(session, model)
+    if "display_name" in fields:
+        if update_in.display_name is None:
+            raise InvalidInput.field("displayName", "is in updateMask but not in the body")
+        if model.published_split is not None:
+            _check_name_free(session, model, update_in.display_name)
+        model.display_name = update_in.display_name
+    if "tags" in fields:
+        repository.set_tags(session, model.id, update_in.tags or [])
+    _save(session, model)
+    return model
+
+
+def _masked_fields(update_in: ModelUpdate, update_mask: str | None) -> set[str]:
+    if update_mask is None or not update_mask.strip():
+        fields = {f for f in update_in.model_fields_set if f in UPDATABLE.values()}
+        if not fields:
+            raise InvalidInput.field("body", "nothing to update: set displayName or tags")
+        return fields
+    fields = set()
+    for path in (p.strip() for p in update_mask.split(",")):
+        if path not in UPDATABLE:
+            raise InvalidInput.field(
+                "updateMask", f"cannot update {path!r}; updatable: displayName, tags"
+            )
+        fields.add(UPDATABLE[path])
+    return fields
+
+
+def _check_name_free(session: Session, model: Model, display_name: str) -> None:
+    for other in repository.published_named(session, display_name):
+        if other.id != model.id:
+            raise AlreadyExists(
+                f"model {other.id!r} is published as {display_name!r}, the name apps download "
+                "by; unpublish it or choose another name"
+            )
+
+
+def publish(
+    session: Session, *, model_id: str, publish_in: PublishRequest, if_match: str | None
+) -> Model:
+    """Publish a version (default the latest), or split downloads between versions by
+    weight; each must have a TFLite file."""
+    model = get(session, model_id=model_id)
+    check_etag(model, if_match or publish_in.etag)
+    check_unlocked(session, model)
+    if model.validation_error is not None:
+        raise FailedPrecondition(
+            f"model {model_id!r} cannot be published: {model.validation_error['message']}"
+        )
+    split = _split(session, model, publish_in)
+    for number in split:
+        if file_of(session, _version(session, model, number), TFLITE) is None:
+            raise FailedPrecondition(
+                f"version {number} of {model_id!r} has no TFLite file to download; export it "
+                f'first: POST /v1/models/{model_id}:export {{"format": "tflite", '
+                f'"modelVersion": {number}}}'
+            )
+    _check_name_free(session, model, model.display_name)
+    model.published_split = {str(v): w for v, w in sorted(split.items())}
+    model.published_at = utcnow()
+    _save(session, model)
+    return model
+
+
+def _split(session: Session, model: Model, publish_in: PublishRequest) -> dict[int, int]:
+    if publish_in.traffic_split is None:
+        return {
+            version_of(session, model_id=model.id, version=publish_in.model_version).version: 100
+        }
+    if publish_in.model_version is not None:
+        raise InvalidInput.field("trafficSplit", "give either modelVersion or trafficSplit")
+    split: dict[int, int] = {}
+    for key, weight in publish_in.traffic_split.items():
+        if not key.isdigit() or int(key) < 1:
+            raise InvalidInput.field("trafficSplit", f"{key!r} is not a version number")
+        if not 1 <= weight <= 100:
+            raise InvalidInput.field("trafficSplit", f"weight of version {key} must be 1-100")
+        _version(session, model, int(key))
+        split[int(key)] = weight
+    if not split or sum(split.values()) != 100:
+        raise InvalidInput.field(
+            "trafficSplit", f"weights must sum to 100, not {sum(split.values())}"
+        )
+    return split
+
+
+def _version(session: Session, model: Model, number: int) -> ModelVersion:
+    found = get_version(session, model_id=model.id, version=number)
+    if found is None:
+        raise InvalidInput.field("modelVersion", f"model {model.id!r} has no version {number}")
+    return found
+
+
+def unpublish(session: Session, *, model_id: str, if_match: str | None) -> Model:
+    """Stop serving the model to apps; its versions stay."""
+    model = get(session, model_id=model_id)
+    check_etag(model, if_match)
+    check_unlocked(session, model)
+    if model.published_split is not None:
+        model.published_split = None
+        model.published_at = None
+        _save(session, model)
+    return model
+
+
+def delete(session: Session, *, model_id: str, force: bool, if_match: str | None) -> Job:
+    """Delete a model and its versions; its files are removed by a queued job (so they go
+    only once the deletion is committed). Refused while published unless ``force``."""
+    model = get(session, model_id=model_id)
+    check_etag(model, if_match)
+    check_unlocked(session, model)
+    if model.published_split is not None and not force:
+        raise Conflict(
+            f"model {model_id!r} is published, so apps may still download it; unpublish it "
+            "first or delete with force=true"
+        )
+    purge = jobs_service.enqueue(
+        session,
+        kind=PURGE_KIND,
+        payload={"prefix": model_prefix(model_id)},
+        description=f"remove the files of deleted model {model_id}",
+    )
+    repository.delete_model(session, model)
+    return purge
+
+
+def next_version_number(session: Session, model_id: str) -> int:
+    latest = repository.latest_version(session, model_id)
+    return 1 if latest is None else latest.version + 1
+
+
+def add_version(
+    session: Session,
+    *,
+    model: Model,
+    training_job_id: str | None,
+    weights: StoredFile,
+    format: str = "pytorch",
+    attempts: int = 5,
+) -> ModelVersion:
+    """The model's next version, numbered safely against concurrent writers: a number taken
+    meanwhile fails the unique key inside a savepoint, and the next one is tried. (The model
+    row is left alone: a version is not an edit of the fields its etag guards.)"""
+    for _ in range(attempts):
+        number = next_version_number(session, model.id)
+        version = ModelVersion(
+            id=new_id(),
+            model_id=model.id,
+            version=number,
+            format=format,
+            training_job_id=training_job_id,
+            weights_blob_key=weights.key,
+            weights_sha256=weights.sha256,
+            weights_size_bytes=weights.size_bytes,
+            created_at=utcnow(),
+        )
+        try:
+            with session.begin_nested():
+                repository.add(session, version)
+        except IntegrityError:
+            continue
+        return version
+    raise Conflict(f"could not number a new version of {model.id!r}: too many concurrent writers")
 
 
 def versions(session: Session, models: Sequence[Model]) -> dict[str, list[ModelVersion]]:
@@ -150,6 +412,11 @@ def request_export(session: Session, *, model_id: str, export_in: ExportRequest)
             f"export to {export_in.format} is not available in this build; "
             f"it exports {list(EXPORTABLE)}"
         )
+    if version.format != PYTORCH and export_in.format != version.format:
+        raise FailedPrecondition(
+            f"version {version.version} of {model_id!r} was uploaded as {version.format}; "
+            "only models trained here can be converted to other formats"
+        )
     if export_in.format == INT8 and version.training_job_id is None:
         raise FailedPrecondition(
             f"{INT8} is calibrated on the images a model was trained on, and version "
@@ -160,6 +427,7 @@ def request_export(session: Session, *, model_id: str, export_in: ExportRequest)
         kind=EXPORT_KIND,
         payload={"modelId": model_id, "modelVersion": version.version, "format": export_in.format},
         description=f"export {model_id} v{version.version} to {export_in.format}",
+        resource_name=resource_name(model_id),
     )
 
 

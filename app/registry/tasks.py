@@ -122,3 +122,15 @@ def _response(model_id: str, version: int, format: str, sha256: str, size: int) 
         "sizeBytes": size,
         "downloadPath": f"/v1/models/{model_id}/artifacts/{format}?modelVersion={version}",
     }
+
+
+def purge_model_files(ctx: JobContext) -> dict[str, Any]:
+    """Remove the files of a deleted model (queued by the deletion, so it runs only once the
+    rows are gone for good); running it again finds nothing left to remove."""
+    prefix = ctx.payload["prefix"]
+    removed = 0
+    for blob in list(ctx.blobs.list(prefix)):
+        ctx.blobs.delete(blob.key)
+        removed += 1
+    log.info("registry.purge.succeeded", extra={"prefix": prefix, "files": removed})
+    return {"prefix": prefix, "removedFiles": removed}

@@ -257,8 +257,8 @@ def test_an_unpublished_model_is_unpublished_whether_its_split_is_sql_or_json_nu
         sql_null = session.scalars(
             select(Model.id).where(Model.published_split.is_(None)).order_by(Model.id)
         ).all()
-    # "b" was given None through the ORM, which a plain JSON column stores as JSON null:
-    # a bare IS NOT NULL would call it published.
-    assert sql_null == ["c", "e"]
+    # "b" was given None through the ORM: the column stores it as SQL NULL, not JSON null,
+    # which a bare IS NOT NULL would call published.
+    assert sql_null == ["b", "c", "e"]
     assert "b" not in selected(session_factory, "state.published = true")
     assert "b" in selected(session_factory, "state.published = false")
