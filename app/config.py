@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         default=False, description="Allow https:// image URIs (never to private addresses)."
     )
     max_image_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    max_tflite_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="Largest .tflite file a user may upload."
+    )
     max_image_pixels: int = Field(default=89_478_485, ge=1, description="Decompression-bomb guard.")
     max_boxes_per_image: int = Field(default=500, ge=1)
     max_labels: int = Field(default=1000, ge=1)

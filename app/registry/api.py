@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.auth.dependencies import require
 from app.auth.service import Scope
+from app.config import Settings
+from app.datasets.sources import FetchPolicy, SourceError, fetch
 from app.db.job import Job
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
@@ -19,6 +24,7 @@ from app.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     PreconditionFailed,
     Unauthenticated,
@@ -31,6 +37,7 @@ from app.registry.schemas import (
     ArtifactRead,
     ExportFormat,
     ExportRequest,
+    ModelCreate,
     ModelList,
     ModelRead,
     ModelState,
@@ -40,10 +47,13 @@ from app.registry.schemas import (
     PublishRequest,
     UnpublishRequest,
     ValidationErrorRead,
+    VersionCreate,
 )
 from app.web.deps import BlobsDep, SessionDep, SettingsDep
+from app.web.openapi import inlined_schema
 
 router = APIRouter(prefix="/v1", tags=["models"])
+UploadT = TypeVar("UploadT", ModelCreate, VersionCreate)
 
 ModelId = Annotated[str, Path(alias="modelId")]
 AUTH = (Unauthenticated, PermissionDenied)
@@ -129,6 +139,140 @@ def read_models(session: Session, models: list[Model]) -> list[ModelRead]:
 def _with_etag(model: ModelRead, response: Response) -> ModelRead:
     response.headers["ETag"] = f'"{model.etag}"'
     return model
+
+
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The .tflite file."},
+        "displayName": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "etag": {"type": "string"},
+    },
+}
+
+
+async def _tflite_upload(
+    request: Request, settings: Settings, schema: type[UploadT]
+) -> tuple[UploadT, bytes]:
+    """The request's fields and .tflite bytes: JSON naming the file (tfliteModel.gcsTfliteUri)
+    or multipart with the file in field "file"."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUploadFile):
+            raise InvalidInput.field("file", "a multipart field 'file' with the .tflite file")
+        fields: dict[str, Any] = {
+            "displayName": form.get("displayName"),
+            "tags": [t for value in form.getlist("tags") for t in str(value).split(",") if t],
+            "etag": form.get("etag"),
+            "tfliteModel": {"gcsTfliteUri": f"upload:{upload.filename}"},
+        }
+        data = await upload.read(settings.max_tflite_bytes + 1)
+        try:
+            return schema.model_validate({k: v for k, v in fields.items() if v is not None}), data
+        except ValidationError as exc:
+            raise InvalidInput.of_validation(exc) from None
+    if content_type != "application/json":
+        raise InvalidInput(
+            'send JSON {"displayName", "tags", "tfliteModel": {"gcsTfliteUri": "gs://..."}} '
+            "or the file as multipart/form-data (field 'file')"
+        )
+    try:
+        body = schema.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise InvalidInput.of_validation(exc) from None
+    uri = body.tflite_model.gcs_tflite_uri
+    try:
+        data = await run_in_threadpool(
+            fetch,
+            uri,
+            policy=FetchPolicy.of(settings),
+            max_bytes=settings.max_tflite_bytes + 1,
+        )
+    except SourceError as exc:
+        raise InvalidInput.field("tfliteModel.gcsTfliteUri", str(exc)) from None
+    return body, data
+
+
+@router.post(
+    "/models",
+    response_model=ModelRead,
+    status_code=201,
+    dependencies=WRITE,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": inlined_schema(ModelCreate)},
+                "multipart/form-data": {"schema": _UPLOAD_FORM},
+            }
+        }
+    },
+    responses=error_responses(InvalidInput, PayloadTooLarge, *AUTH),
+)
+async def create_model(
+    request: Request, session: SessionDep, blobs: BlobsDep, settings: SettingsDep
+) -> ModelRead:
+    """Register a .tflite detector you already have (AutoML's, say); a file that fails the
+    checks makes a model with state.validationError saying why."""
+    create_in, data = await _tflite_upload(request, settings, ModelCreate)
+    model = await run_in_threadpool(
+        service.create_uploaded,
+        session,
+        blobs,
+        display_name=create_in.display_name,
+        tags=create_in.tags,
+        data=data,
+        max_bytes=settings.max_tflite_bytes,
+    )
+    return read_models(session, [model])[0]
+
+
+@router.post(
+    "/models/{modelId}/versions",
+    response_model=ModelRead,
+    status_code=201,
+    dependencies=WRITE,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": inlined_schema(VersionCreate)},
+                "multipart/form-data": {"schema": _UPLOAD_FORM},
+            }
+        }
+    },
+    responses=error_responses(
+        InvalidInput,
+        NotFound,
+        FailedPrecondition,
+        Conflict,
+        PreconditionFailed,
+        PayloadTooLarge,
+        *AUTH,
+    ),
+)
+async def create_version(
+    model_id: ModelId,
+    request: Request,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+    if_match: IfMatch = None,
+) -> ModelRead:
+    """Add a version to an uploaded model from another .tflite file."""
+    version_in, data = await _tflite_upload(request, settings, VersionCreate)
+    await run_in_threadpool(
+        service.add_uploaded_version,
+        session,
+        blobs,
+        model_id=model_id,
+        data=data,
+        max_bytes=settings.max_tflite_bytes,
+        if_match=if_match or version_in.etag,
+    )
+    return read_models(session, [service.get(session, model_id=model_id)])[0]
 
 
 # -- custom methods first: "/models/{id}:export" must not match "/models/{id}" ------------

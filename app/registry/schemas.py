@@ -93,6 +93,28 @@ class ModelRead(ApiModel):
     update_time: datetime
 
 
+class TfliteSource(ApiModel):
+    gcs_tflite_uri: str = Field(
+        description="Where the .tflite file is: gs://bucket/path (or a path/https URI the "
+        "operator allows, as for imports)."
+    )
+
+
+class ModelCreate(ApiModel):
+    """A model from a user's .tflite detector (JSON form; multipart sends the file itself)."""
+
+    display_name: str = Field(pattern=NAME_PATTERN)
+    tags: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
+    tflite_model: TfliteSource
+
+
+class VersionCreate(ApiModel):
+    tflite_model: TfliteSource
+    etag: str | None = Field(default=None, description="As If-Match.")
+
+
 class ModelUpdate(ApiModel):
     """The fields ``updateMask`` may name; the others are ignored."""
 

@@ -22,9 +22,11 @@ from app.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
     PreconditionFailed,
 )
 from app.jobs import service as jobs_service
+from app.kit.blobs import BlobStore
 from app.kit.clock import utcnow
 from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
@@ -398,6 +400,116 @@ def create_model(
     )
     repository.add(session, version)
     return model, version
+
+
+# -- uploaded TFLite files ---------------------------------------------------------------
+
+UPLOADED_MODEL_TYPE = "CUSTOM_TFLITE"
+
+
+def uploaded_key(model_id: str, sha256: str) -> str:
+    """Content-addressed: a writer stores the file before it knows its version number."""
+    return f"models/{model_id}/uploads/{sha256}.tflite"
+
+
+def create_uploaded(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    display_name: str,
+    tags: Sequence[str],
+    data: bytes,
+    max_bytes: int,
+) -> Model:
+    """Register a user's ``.tflite`` detector (AutoML users bring theirs) as a new model.
+
+    The file is checked in LiteRT first. One that is not a servable detector still makes the
+    model, as Firebase ML does, with ``validation_error`` saying why; it cannot be published.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the .tflite file is {len(data)} bytes; the limit is {max_bytes}")
+    now = utcnow()
+    model = Model(
+        id=new_id(),
+        display_name=display_name,
+        labels=[],
+        model_type=UPLOADED_MODEL_TYPE,
+        input_size=0,
+        training_job_id=None,
+        source="upload",
+        created_at=now,
+        updated_at=now,
+    )
+    repository.add(session, model)
+    repository.set_tags(session, model.id, tags)
+    _add_uploaded_version(session, blobs, model, data, max_bytes)
+    return model
+
+
+def add_uploaded_version(
+    session: Session,
+    blobs: BlobStore,
+    *,
+    model_id: str,
+    data: bytes,
+    max_bytes: int,
+    if_match: str | None,
+) -> ModelVersion:
+    """A new version of an uploaded model from another ``.tflite`` file (same checks)."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the .tflite file is {len(data)} bytes; the limit is {max_bytes}")
+    model = get(session, model_id=model_id)
+    check_etag(model, if_match)
+    if model.source != "upload":
+        raise FailedPrecondition(
+            f"model {model_id!r} was trained here; new versions come from training jobs"
+        )
+    check_unlocked(session, model)
+    version = _add_uploaded_version(session, blobs, model, data, max_bytes)
+    _save(session, model)
+    return version
+
+
+def _add_uploaded_version(
+    session: Session, blobs: BlobStore, model: Model, data: bytes, max_bytes: int
+) -> ModelVersion:
+    # Imported here: the interpreter loads only where a file is checked.
+    from app.detector.tflite_check import TfliteRejected, inspect_tflite
+
+    stored = StoredFile(
+        key=uploaded_key(model.id, hashlib.sha256(data).hexdigest()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+    blobs.put(stored.key, data, content_type="application/octet-stream")
+    version = add_version(session, model=model, training_job_id=None, weights=stored, format=TFLITE)
+    try:
+        facts = inspect_tflite(data, max_bytes=max_bytes)
+    except TfliteRejected as exc:
+        # INVALID_ARGUMENT, as Firebase ML reports a file it cannot use.
+        model.validation_error = {"code": 3, "message": f"{exc.message} ({exc.code})"}
+        return version
+    model.validation_error = None
+    model.labels = list(facts.labels)
+    model.input_size = facts.input_size
+    add_artifact(
+        session,
+        version=version,
+        format=TFLITE,
+        stored=stored,
+        details={
+            "input": {
+                "name": "image",
+                "shape": [1, facts.input_size, facts.input_size, 3],
+                "dtype": facts.input_dtype,
+            },
+            "outputs": list(facts.output_names),
+            "labels": list(facts.labels),
+            "inputSize": facts.input_size,
+            "uploaded": True,
+        },
+    )
+    return version
 
 
 # -- exported files ----------------------------------------------------------------------
