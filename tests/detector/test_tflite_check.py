@@ -15,38 +15,14 @@ import torch
 from ai_edge_litert.tools import flatbuffer_utils
 from torch import nn
 
-from app.detector.data import ImageCache, plain_example
 from app.detector.tflite import (
     LABEL_FILE,
     METADATA_NAME,
     OUTPUT_NAMES,
-    export_tflite,
-    export_tflite_int8,
 )
 from app.detector.tflite_check import TfliteRejected, inspect_tflite
-from tests.detector.conftest import ShapesData
-from tests.detector.test_export import spread_model_file
 
 LABELS = ("red", "green", "blue")
-
-
-# The model and exports of tests/detector/test_tflite.py, byte for byte (exports are
-# deterministic), so that the two modules could share them through session fixtures.
-@pytest.fixture(scope="module")
-def model_file() -> bytes:
-    return spread_model_file(LABELS)
-
-
-@pytest.fixture(scope="module")
-def float_file(model_file: bytes) -> bytes:
-    return export_tflite(model_file).data
-
-
-@pytest.fixture(scope="module")
-def int8_file(model_file: bytes, shapes: ShapesData) -> bytes:
-    cache = ImageCache(shapes.samples, shapes.read, 320)
-    images = [plain_example(cache[s.key], s, 320).image for s in shapes.samples[:12]]
-    return export_tflite_int8(model_file, images).data
 
 
 def without_archive(data: bytes) -> bytes:
@@ -124,53 +100,53 @@ def rejection(data: bytes, **kwargs: int) -> TfliteRejected:
     return caught.value
 
 
-def test_our_float_export_passes_with_its_facts(float_file: bytes) -> None:
-    facts = inspect_tflite(float_file)
+def test_our_float_export_passes_with_its_facts(float_tflite: bytes) -> None:
+    facts = inspect_tflite(float_tflite)
     assert facts.labels == LABELS
     assert facts.input_size == 320 and facts.input_dtype == "float32"
     assert facts.output_kind == "postprocess" and facts.output_names == OUTPUT_NAMES
-    assert facts.size_bytes == len(float_file)
-    assert facts.sha256 == hashlib.sha256(float_file).hexdigest()
+    assert facts.size_bytes == len(float_tflite)
+    assert facts.sha256 == hashlib.sha256(float_tflite).hexdigest()
     assert facts.has_metadata and facts.label_file == LABEL_FILE
     assert facts.normalization is not None
     assert (facts.normalization.mean, facts.normalization.std) == ((127.0,), (128.0,))
 
 
-def test_our_int8_export_passes_with_a_uint8_input(int8_file: bytes) -> None:
-    facts = inspect_tflite(int8_file)
+def test_our_int8_export_passes_with_a_uint8_input(int8_tflite: bytes) -> None:
+    facts = inspect_tflite(int8_tflite)
     assert facts.labels == LABELS
     assert facts.input_size == 320 and facts.input_dtype == "uint8"
     assert facts.output_names == OUTPUT_NAMES and facts.has_metadata
 
 
-def test_a_placeholder_first_label_and_whitespace_are_dropped(float_file: bytes) -> None:
+def test_a_placeholder_first_label_and_whitespace_are_dropped(float_tflite: bytes) -> None:
     for text in ("???\nred\ngreen\nblue\n", "background\r\n red \r\ngreen\t\r\nblue\r\n\r\n"):
-        assert inspect_tflite(relabelled(float_file, text)).labels == LABELS
+        assert inspect_tflite(relabelled(float_tflite, text)).labels == LABELS
 
 
-def test_without_metadata_the_archives_only_text_file_is_the_label_map(float_file: bytes) -> None:
-    data = with_archive(without_metadata(float_file), {"dict.txt": "red\ngreen\nblue\n"})
+def test_without_metadata_the_archives_only_text_file_is_the_label_map(float_tflite: bytes) -> None:
+    data = with_archive(without_metadata(float_tflite), {"dict.txt": "red\ngreen\nblue\n"})
     facts = inspect_tflite(data)
     assert facts.labels == LABELS and facts.label_file == "dict.txt"
     assert not facts.has_metadata and facts.normalization is None
 
 
-def test_files_that_are_not_tflite_are_refused(float_file: bytes) -> None:
+def test_files_that_are_not_tflite_are_refused(float_tflite: bytes) -> None:
     empty = rejection(b"")
     assert empty.code == "NOT_TFLITE" and "empty" in empty.message
     noise = rejection(np.random.default_rng(1).bytes(4096))
     assert noise.code == "NOT_TFLITE"
     assert noise.message == "the file is not a TensorFlow Lite model (no TFL3 identifier)"
-    truncated = rejection(float_file[:5000])
+    truncated = rejection(float_tflite[:5000])
     assert truncated.code == "CANNOT_LOAD"
     assert truncated.message.startswith("LiteRT cannot load the model (")
 
 
-def test_a_file_over_the_limit_is_refused_before_loading(float_file: bytes) -> None:
-    error = rejection(float_file, max_bytes=1024 * 1024)
+def test_a_file_over_the_limit_is_refused_before_loading(float_tflite: bytes) -> None:
+    error = rejection(float_tflite, max_bytes=1024 * 1024)
     assert error.code == "TOO_LARGE"
-    assert error.message == f"the file is {len(float_file) / 2**20:.1f} MB; the limit is 1 MB"
-    assert inspect_tflite(float_file, max_bytes=len(float_file)).size_bytes == len(float_file)
+    assert error.message == f"the file is {len(float_tflite) / 2**20:.1f} MB; the limit is 1 MB"
+    assert inspect_tflite(float_tflite, max_bytes=len(float_tflite)).size_bytes == len(float_tflite)
 
 
 def test_a_model_that_is_not_a_detector_is_refused() -> None:
@@ -200,44 +176,44 @@ def test_inputs_other_than_one_square_rgb_image_are_refused() -> None:
     assert wide.message.startswith("the model's input is 16x24 (height x width); only square")
 
 
-def test_a_file_without_its_label_map_is_refused(float_file: bytes) -> None:
-    bare = rejection(without_metadata(float_file))
+def test_a_file_without_its_label_map_is_refused(float_tflite: bytes) -> None:
+    bare = rejection(without_metadata(float_tflite))
     assert bare.code == "NO_LABEL_MAP"
     assert bare.message.startswith("the model has no TFLite metadata; add metadata with the label")
-    cut = rejection(without_archive(float_file))
+    cut = rejection(without_archive(float_tflite))
     assert cut.code == "NO_LABEL_MAP"
     assert cut.message.startswith(
         f"the metadata names the label file {LABEL_FILE} but the file carries no readable archive"
     )
-    renamed = rejection(with_archive(without_archive(float_file), {"dict.txt": "red\n"}))
+    renamed = rejection(with_archive(without_archive(float_tflite), {"dict.txt": "red\n"}))
     assert renamed.code == "NO_LABEL_MAP"
     assert renamed.message.startswith(
         f"the metadata names the label file {LABEL_FILE} but the file does not carry it"
     )
 
 
-def test_unreadable_metadata_is_refused(float_file: bytes) -> None:
-    error = rejection(with_metadata_bytes(float_file, b"not a metadata flatbuffer"))
+def test_unreadable_metadata_is_refused(float_tflite: bytes) -> None:
+    error = rejection(with_metadata_bytes(float_tflite, b"not a metadata flatbuffer"))
     assert error.code == "BAD_METADATA"
     assert error.message.startswith("the model's TFLite metadata cannot be read")
 
 
-def test_bad_label_maps_are_refused(float_file: bytes) -> None:
-    duplicated = rejection(relabelled(float_file, "red\ngreen\nred \n"))
+def test_bad_label_maps_are_refused(float_tflite: bytes) -> None:
+    duplicated = rejection(relabelled(float_tflite, "red\ngreen\nred \n"))
     assert duplicated.code == "DUPLICATE_LABELS"
     assert duplicated.message == (
         f"the label file {LABEL_FILE} names 'red' more than once; every class needs its own name"
     )
     for text in ("", "\n \n", "???\n"):
-        empty = rejection(relabelled(float_file, text))
+        empty = rejection(relabelled(float_tflite, text))
         assert empty.code == "EMPTY_LABEL_MAP"
         assert empty.message == f"the label file {LABEL_FILE} holds no labels"
-    gap = rejection(relabelled(float_file, "red\n\nblue\n"))
+    gap = rejection(relabelled(float_tflite, "red\n\nblue\n"))
     assert gap.code == "BAD_LABEL_MAP" and "blank lines" in gap.message
 
 
-def test_a_label_count_other_than_the_ops_classes_is_refused(float_file: bytes) -> None:
-    error = rejection(relabelled(float_file, "red\ngreen\n"))
+def test_a_label_count_other_than_the_ops_classes_is_refused(float_tflite: bytes) -> None:
+    error = rejection(relabelled(float_tflite, "red\ngreen\n"))
     assert error.code == "LABEL_COUNT_MISMATCH"
     assert error.message == (
         "TFLite_Detection_PostProcess is configured for 3 classes but the label map "
