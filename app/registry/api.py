@@ -165,14 +165,14 @@ async def _tflite_upload(
         if not isinstance(upload, StarletteUploadFile):
             raise InvalidInput.field("file", "a multipart field 'file' with the .tflite file")
         fields: dict[str, Any] = {
-            "displayName": form.get("displayName"),
-            "tags": [t for value in form.getlist("tags") for t in str(value).split(",") if t],
-            "etag": form.get("etag"),
-            "tfliteModel": {"gcsTfliteUri": f"upload:{upload.filename}"},
+            name: form.get(name) for name in ("displayName", "etag") if name in form
         }
+        if "tags" in form:  # repeated fields, or one comma-separated field
+            fields["tags"] = [t for v in form.getlist("tags") for t in str(v).split(",") if t]
+        fields["tfliteModel"] = {"gcsTfliteUri": f"upload:{upload.filename}"}
         data = await upload.read(settings.max_tflite_bytes + 1)
         try:
-            return schema.model_validate({k: v for k, v in fields.items() if v is not None}), data
+            return schema.model_validate(fields), data
         except ValidationError as exc:
             raise InvalidInput.of_validation(exc) from None
     if content_type != "application/json":
