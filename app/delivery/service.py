@@ -11,10 +11,10 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
-from app.delivery import repository
 from app.delivery.links import LinkClaims, SignerSource
 from app.errors import NotFound
 from app.kit.blobs import BlobInfo, BlobStore, SigningNotConfigured
+from app.registry import service as registry_service
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,7 @@ def find_file(session: Session, *, model_name: str, installation_id: str | None)
     """The published model named ``model_name`` and the version this installation gets."""
     # Publishing keeps display names unique among published models; if two slipped through,
     # the one published last is what apps see.
-    model = next(
-        (m for m in repository.published_named(session, model_name) if m.published_split),
-        None,  # a JSON null in the column (an unpublish written as None) is unpublished too
-    )
+    model = next(iter(registry_service.published_named(session, model_name)), None)
     if model is None:
         raise NotFound(f"no published model is named {model_name!r}")
     assert model.published_split is not None
@@ -50,7 +47,9 @@ def find_file(session: Session, *, model_name: str, installation_id: str | None)
     )
     if version is None:
         raise NotFound(f"model {model_name!r} is published with no weight on any version")
-    artifact = repository.tflite_artifact(session, model.id, version)
+    artifact = registry_service.get_artifact(
+        session, model_id=model.id, version=version, format=registry_service.TFLITE
+    )
     if artifact is None:  # publishing refuses this; a row edited by hand could still say so
         raise NotFound(f"version {version} of model {model_name!r} has no TFLite file")
     return PublishedFile(

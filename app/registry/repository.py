@@ -42,7 +42,8 @@ def published_named(session: Session, display_name: str) -> Sequence[Model]:
     return session.scalars(
         select(Model)
         .where(Model.display_name == display_name, Model.published_split.is_not(None))
-        .order_by(Model.published_at.desc(), Model.id)
+        # NULLS LAST spelled out: PostgreSQL sorts NULLs first in a descending order.
+        .order_by(Model.published_at.desc().nulls_last(), Model.created_at.desc(), Model.id)
     ).all()
 
 

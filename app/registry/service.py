@@ -194,6 +194,12 @@ def _masked_fields(update_in: ModelUpdate, update_mask: str | None) -> set[str]:
     return fields
 
 
+def published_named(session: Session, display_name: str) -> Sequence[Model]:
+    """Published models with this display name (apps download by it), latest published
+    first; publishing keeps it to one."""
+    return repository.published_named(session, display_name)
+
+
 def _check_name_free(session: Session, model: Model, display_name: str) -> None:
     for other in repository.published_named(session, display_name):
         if other.id != model.id:
