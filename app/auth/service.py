@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.auth import repository
@@ -15,6 +17,8 @@ from app.db.api_key import ApiKey
 from app.errors import InvalidInput, NotFound
 from app.kit.clock import utcnow
 from app.kit.ids import new_id
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "eak_"
 # Writing last_used_at on every request would turn every read into a write.
@@ -77,8 +81,14 @@ def authenticate(session: Session, *, secret: str) -> ApiKey | None:
         return None
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        key.last_used_at = now
-        session.flush()
+        try:
+            # Best effort: in a read session (GET) on SQLite the write can find the database
+            # changed since the read began; the request must not fail for a timestamp.
+            with session.begin_nested():
+                key.last_used_at = now
+                session.flush()
+        except OperationalError:
+            log.info("auth.last_used.skipped", extra={"key_id": key.id})
     return key
 
 

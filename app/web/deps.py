@@ -22,8 +22,11 @@ def get_session(request: Request) -> Iterator[Session]:
 
     Declared with ``scope="function"`` so the commit happens before the response is sent;
     a failing commit is then the caller's error response, not a lost write after a 200.
+    GET and HEAD requests read, so they get a read session (no write lock on SQLite).
     """
-    with request.app.state.session_factory() as session:
+    reads = request.method in ("GET", "HEAD")
+    factory = request.app.state.read_session_factory if reads else request.app.state.session_factory
+    with factory() as session:
         try:
             yield session
             session.commit()
