@@ -594,10 +594,14 @@ def _store_for_bucket(bucket: str) -> BlobStore:
 
 
 def _bucket_store(bucket: str, uri: str) -> BlobStore:
+    from google.auth.exceptions import GoogleAuthError
+
     try:
         return _store_for_bucket(bucket)
     except ValueError as exc:
         raise SourceError(uri, str(exc)) from None
+    except GoogleAuthError as exc:  # no credentials: the client looks for them when made
+        raise SourceError(uri, f"Cloud Storage is unreachable: {_why(exc)}") from None
 
 
 def _copy_blob(store: BlobStore, key: str, out: BinaryIO, source: str, *, max_bytes: int) -> int:

@@ -255,6 +255,16 @@ def test_an_object_over_the_limit_is_refused_before_download(bucket: str) -> Non
     assert len(fetch(f"gs://{bucket}/big.jpg", policy=FetchPolicy(max_bytes=3 * MiB))) == 2 * MiB
 
 
+def test_gs_without_cloud_storage_credentials_is_a_source_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    error = failure("gs://no-credentials-here/x.jpg")
+    assert error.reason.startswith("Cloud Storage is unreachable: ")
+    assert "missing.json" in error.reason
+
+
 @pytest.mark.parametrize("ref", ["gs://", "gs://bucket-only", "gs://b/folder/"])
 def test_malformed_gs_uris_are_refused(ref: str) -> None:
     assert "expected gs://bucket/path/to/object" in failure(ref).reason

@@ -15,7 +15,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
+from google.oauth2 import service_account
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.kit.blobs import (
@@ -25,6 +27,7 @@ from app.kit.blobs import (
     SigningNotConfigured,
     open_blob_store,
 )
+from app.kit.blobs.gcs import object_of_url
 
 MiB = 1024 * 1024
 
@@ -432,3 +435,50 @@ def _verify_v4_signature(url: str, public_key: rsa.RSAPublicKey) -> None:
     public_key.verify(
         bytes.fromhex(signature), string_to_sign.encode(), padding.PKCS1v15(), hashes.SHA256()
     )
+
+
+def test_a_signed_cloud_storage_url_names_its_bucket_and_object(
+    service_account_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    signer = service_account.Credentials.from_service_account_file(str(service_account_file))
+    client = storage.Client(credentials=AnonymousCredentials(), project="test-project")
+    blob = client.bucket("models-bucket").blob("Firebase/ML/my model ü.tflite")
+    for hosted in (False, True):
+        url = blob.generate_signed_url(
+            version="v4",
+            expiration=timedelta(minutes=10),
+            credentials=signer,
+            virtual_hosted_style=hosted,
+        )
+        assert object_of_url(url) == ("models-bucket", "Firebase/ML/my model ü.tflite")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/bucket/object",
+        "http://storage.googleapis.com/bucket/object",
+        "https://storage.googleapis.com:8443/bucket/object",
+        "https://user@storage.googleapis.com/bucket/object",
+        "https://storage.googleapis.com/bucket-only",
+        "https://storage.googleapis.com/bucket/folder/",
+        "https://storage.googleapis.com/Not_A_Bucket/object",
+        "http://127.0.0.1:9/bucket/object",
+        "gs://bucket/object",
+    ],
+)
+def test_other_urls_name_no_cloud_storage_object(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9023")
+    assert object_of_url(url) is None
+
+
+def test_the_emulator_named_in_the_environment_is_a_storage_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "http://127.0.0.1:9023/bucket/a%20b.tflite?X-Goog-Signature=00"
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    assert object_of_url(url) is None
+    for emulator in ("http://127.0.0.1:9023", "127.0.0.1:9023"):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+        assert object_of_url(url) == ("bucket", "a b.tflite")

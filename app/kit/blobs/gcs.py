@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from datetime import timedelta
 from typing import Any, BinaryIO, cast
+from urllib.parse import unquote, urlsplit
 
 from google.api_core import exceptions as google_exceptions
 from google.auth.credentials import AnonymousCredentials
@@ -35,6 +36,7 @@ CHUNK_SIZE = 8 * 1024 * 1024
 SIGNING_SETTING = "EDGE_AUTOML_GCS_SIGNING_CREDENTIALS_FILE"
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+STORAGE_HOST = "storage.googleapis.com"
 
 
 class GcsBlobStore(BlobStore):
@@ -205,6 +207,32 @@ def make_client(project: str | None = None) -> storage.Client:
         # Building it from real credentials here would hang on Google's token server.
         return storage.Client(credentials=AnonymousCredentials(), project=project)
     return storage.Client(project=project)
+
+
+def object_of_url(url: str) -> tuple[str, str] | None:
+    """The bucket and object name a Cloud Storage URL names (a signed URL, say), or None when
+    the URL is not Cloud Storage's: https on storage.googleapis.com, path style
+    (``/bucket/object``) or virtual-hosted (``bucket.storage.googleapis.com/object``), or on
+    the emulator ``STORAGE_EMULATOR_HOST`` names, path style. The query (a signature) is not
+    checked: the caller reads the object with its own access, never by fetching the URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    path_style = parts.scheme == "https" and parts.netloc == STORAGE_HOST
+    if emulator := os.environ.get(EMULATOR_VARIABLE):
+        at = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+        path_style = path_style or (parts.scheme, parts.netloc) == (at.scheme, at.netloc)
+    path = unquote(parts.path)
+    if path_style:
+        bucket, _, name = path.removeprefix("/").partition("/")
+    elif parts.scheme == "https" and parts.netloc.endswith(f".{STORAGE_HOST}"):
+        bucket, name = parts.netloc.removesuffix(f".{STORAGE_HOST}"), path.removeprefix("/")
+    else:
+        return None
+    if not _BUCKET_NAME.fullmatch(bucket) or not name or name.endswith("/"):
+        return None
+    return bucket, name
 
 
 class _FromHere(io.RawIOBase):
