@@ -10,6 +10,7 @@ from app.config import Settings, get_settings, open_settings_blob_store
 from app.datasets.api import router as datasets_router
 from app.db import migrate
 from app.db.session import make_engine, make_read_session_factory, make_session_factory
+from app.delivery.api import firebase_router as delivery_firebase_router
 from app.delivery.api import router as delivery_router
 from app.evaluation.api import router as evaluation_router
 from app.health.api import router as health_router
@@ -65,6 +66,7 @@ def create_app(
     app.include_router(datasets_router)
     app.include_router(training_router)
     app.include_router(delivery_router)  # before the registry: its colon route must win
+    app.include_router(delivery_firebase_router)
     app.include_router(registry_router)
     app.include_router(firebase_ml_router)  # after delivery, as the registry
     app.include_router(evaluation_router)

@@ -19,8 +19,10 @@ from app.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from app.kit.clock import utcnow
 from app.web.deps import BlobsDep, SessionDep, SettingsDep
 
-# Included before the registry's router: "/models/{modelId}" would match "x:download" too.
+# Included before the registry's routers: "/models/{modelId}" would match "x:download" too.
 router = APIRouter(prefix="/v1", tags=["delivery"])
+# Firebase ML's own path for the same call, for clients built against it (any project).
+firebase_router = APIRouter(prefix="/v1beta2", tags=["delivery"])
 
 CHUNK_SIZE = 1024 * 1024
 INSTALLATION_ID = {"min_length": 1, "max_length": 200}
@@ -106,6 +108,44 @@ def download_model(
         size_bytes=str(file.size_bytes),
         model_hash=file.sha256,
         model_version=file.version,
+    )
+
+
+@firebase_router.get(
+    "/projects/{project}/models/{modelName}:download",
+    response_model=ModelDownload,
+    dependencies=[Depends(require(Scope.READ))],
+    responses={
+        200: {"description": "As GET /v1/models/{modelName}:download."},
+        304: {"description": "If-None-Match named the file this installation gets."},
+        **error_responses(InvalidInput, NotFound, Unauthenticated, PermissionDenied),
+    },
+)
+def download_model_firebase_path(
+    request: Request,
+    response: Response,
+    project: Annotated[str, Path(description="Any project id: all map to this service.")],
+    model_name: Annotated[str, Path(alias="modelName", description="The display name.")],
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    signer: SignerDep,
+    installation_id: Annotated[str | None, Query(alias="installationId", **INSTALLATION_ID)] = None,
+    variant: Annotated[str | None, Query(**INSTALLATION_ID)] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> ModelDownload | Response:
+    """The mobile download at Firebase ML's path (v1beta2), for clients built against it."""
+    return download_model(
+        request,
+        response,
+        model_name,
+        session,
+        settings,
+        blobs,
+        signer,
+        installation_id=installation_id,
+        variant=variant,
+        if_none_match=if_none_match,
     )
 
 

@@ -291,3 +291,20 @@ def test_cloud_storage_without_a_signing_key_falls_back_to_our_links(
         assert "/v1/downloads/" in uri
         assert fetch(client, uri).content == tflite_bytes(1)
         assert len(blobs.get(SIGNING_KEY_BLOB)) == 32
+
+
+def test_firebase_mls_own_path_answers_the_same_for_any_project(client, session_factory):
+    model_id, hashes = published_model(client, session_factory, 1)
+    native = download(client, params={"installationId": "phone-1"})
+    path = "/v1beta2/projects/my-firebase-project/models/detector:download"
+    firebase = client.get(path, params={"installationId": "phone-1"})
+    assert firebase.status_code == 200, firebase.text
+    assert firebase.headers["ETag"] == native.headers["ETag"] == f'"{hashes[1]}"'
+    assert firebase.json()["modelHash"] == hashes[1]
+    assert fetch(client, firebase.json()["downloadUri"]).content == tflite_bytes(1)
+    current = client.get(path, headers={"If-None-Match": hashes[1]})
+    assert current.status_code == 304
+    assert client.get(path.replace("detector", "nobody")).status_code == 404
+    # The model route of the Firebase API does not swallow the colon method.
+    model = client.get(f"/v1beta2/projects/my-firebase-project/models/{model_id}").json()
+    assert model["displayName"] == "detector"
