@@ -7,6 +7,7 @@ loopback, one supervised worker. Nothing else in the code reads the environment.
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from app.kit.blobs import BlobStore
 
 DEFAULT_DATA_DIR = Path("data")
+# What firebase-admin accepts in resource names and gs:// URIs.
+FIREBASE_PROJECT_ID = re.compile(r"[a-z0-9-]{6,30}")
+FIREBASE_BUCKET = re.compile(r"[a-z0-9_.-]{3,63}")
 
 
 class Settings(BaseSettings):
@@ -146,6 +150,26 @@ class Settings(BaseSettings):
         "download links it signs; unset: the request's own URL.",
     )
 
+    firebase_mirror_project: str | None = Field(
+        default=None,
+        description="Firebase project that published models are mirrored to in Firebase ML "
+        "(until its shutdown in June 2027); unset: no mirror.",
+    )
+    firebase_mirror_bucket: str | None = Field(
+        default=None,
+        description="Cloud Storage bucket the mirror uploads .tflite files to (under "
+        "Firebase/ML/Models/); required with firebase_mirror_project.",
+    )
+    firebase_credentials_file: Path | None = Field(
+        default=None,
+        description="Service-account JSON key for the mirror (it signs the file's URL for "
+        "Firebase ML, so it needs a private key); unset: Application Default Credentials.",
+    )
+    firebase_ml_base_url: str | None = Field(
+        default=None,
+        description="Base URL of the Firebase ML API (a local stand-in, say); unset: Google's.",
+    )
+
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
     job_heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -189,6 +213,57 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("firebase_ml_base_url")
+    @classmethod
+    def _http_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("firebase_mirror_project")
+    @classmethod
+    def _firebase_project_id(cls, value: str | None) -> str | None:
+        # The pattern firebase-admin checks model and operation names against.
+        if value is not None and not FIREBASE_PROJECT_ID.fullmatch(value):
+            raise ValueError("must be a project id: 6-30 lowercase letters, digits and -")
+        return value
+
+    @field_validator("firebase_mirror_bucket")
+    @classmethod
+    def _firebase_bucket_name(cls, value: str | None) -> str | None:
+        if value is not None and not FIREBASE_BUCKET.fullmatch(value):
+            raise ValueError(
+                "must be a bucket name (3-63 lowercase letters, digits, _ . -), without gs://"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _firebase_mirror_complete(self) -> Settings:
+        if self.firebase_mirror_project is None:
+            stray = [
+                f"EDGE_AUTOML_{name.upper()}"
+                for name in ("firebase_mirror_bucket", "firebase_credentials_file")
+                if getattr(self, name) is not None
+            ]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} set but EDGE_AUTOML_FIREBASE_MIRROR_PROJECT is not: "
+                    "set the project to turn the Firebase ML mirror on, or unset them"
+                )
+            return self
+        if self.firebase_mirror_bucket is None:
+            raise ValueError(
+                "EDGE_AUTOML_FIREBASE_MIRROR_BUCKET is required with "
+                "EDGE_AUTOML_FIREBASE_MIRROR_PROJECT: the bucket the mirror uploads "
+                ".tflite files to"
+            )
+        credentials = self.firebase_credentials_file
+        if credentials is not None and not credentials.is_file():
+            raise ValueError(f"EDGE_AUTOML_FIREBASE_CREDENTIALS_FILE: no file at {credentials}")
+        return self
+
     @model_validator(mode="after")
     def _stall_timeout_outlasts_heartbeats(self) -> Settings:
         if self.job_stall_timeout_seconds <= 2 * self.job_heartbeat_seconds:
@@ -201,6 +276,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def firebase_mirror_on(self) -> bool:
+        return self.firebase_mirror_project is not None
 
     @property
     def binds_loopback(self) -> bool:
