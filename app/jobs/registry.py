@@ -79,6 +79,7 @@ def default_registry() -> JobRegistry:
     from app.datasets import tasks as datasets_tasks
     from app.evaluation import service as evaluation_service
     from app.evaluation import tasks as evaluation_tasks
+    from app.registry import mirror as registry_mirror
     from app.registry import service as registry_service
     from app.registry import tasks as registry_tasks
     from app.training import service as training_service
@@ -92,6 +93,7 @@ def default_registry() -> JobRegistry:
     registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
     registry.register(registry_service.EXPORT_KIND, registry_tasks.export_model)
     registry.register(registry_service.PURGE_KIND, registry_tasks.purge_model_files)
+    registry.register(registry_mirror.MIRROR_KIND, registry_mirror.sync_firebase_mirror)
     registry.register(
         batch_prediction_service.BATCH_PREDICT_KIND, batch_prediction_tasks.predict_batch
     )

@@ -32,11 +32,12 @@ from app.errors import (
 )
 from app.jobs.schemas import OperationRead
 from app.kit.pagination import check_page_size, decode_token, encode_token
-from app.registry import filters, service
+from app.registry import filters, mirror, service
 from app.registry.schemas import (
     ArtifactRead,
     ExportFormat,
     ExportRequest,
+    FirebaseMirrorRead,
     ModelCreate,
     ModelList,
     ModelRead,
@@ -119,6 +120,11 @@ def _model_read(
             )
             for v in versions
         ],
+        firebase_mirror=(
+            FirebaseMirrorRead.model_validate(model.firebase_mirror)
+            if model.firebase_mirror
+            else None
+        ),
         create_time=model.created_at,
         update_time=model.updated_at,
     )
@@ -295,6 +301,7 @@ async def create_version(
 def publish_model(
     model_id: ModelId,
     session: SessionDep,
+    settings: SettingsDep,
     response: Response,
     publish_in: PublishRequest | None = None,
     if_match: IfMatch = None,
@@ -303,6 +310,7 @@ def publish_model(
     model = service.publish(
         session, model_id=model_id, publish_in=publish_in or PublishRequest(), if_match=if_match
     )
+    mirror.request_sync(session, model_id=model_id, settings=settings)
     return _with_etag(read_models(session, [model])[0], response)
 
 
@@ -315,6 +323,7 @@ def publish_model(
 def unpublish_model(
     model_id: ModelId,
     session: SessionDep,
+    settings: SettingsDep,
     response: Response,
     unpublish_in: UnpublishRequest | None = None,
     if_match: IfMatch = None,
@@ -322,6 +331,7 @@ def unpublish_model(
     """Stop serving the model to apps; its versions and files stay."""
     etag = if_match or (unpublish_in.etag if unpublish_in else None)
     model = service.unpublish(session, model_id=model_id, if_match=etag)
+    mirror.request_sync(session, model_id=model_id, settings=settings)
     return _with_etag(read_models(session, [model])[0], response)
 
 
@@ -396,6 +406,7 @@ def update_model(
     model_id: ModelId,
     update_in: ModelUpdate,
     session: SessionDep,
+    settings: SettingsDep,
     response: Response,
     update_mask: Annotated[
         str | None,
@@ -407,6 +418,8 @@ def update_model(
     model = service.update(
         session, model_id=model_id, update_in=update_in, update_mask=update_mask, if_match=if_match
     )
+    if model.firebase_mirror is not None:  # a mirrored model keeps its name there too
+        mirror.request_sync(session, model_id=model_id, settings=settings)
     return _with_etag(read_models(session, [model])[0], response)
 
 
@@ -420,10 +433,13 @@ def update_model(
 def delete_model(
     model_id: ModelId,
     session: SessionDep,
+    settings: SettingsDep,
     force: Annotated[bool, Query(description="Delete even while published.")] = False,
     if_match: IfMatch = None,
 ) -> Response:
     """Delete a model, its versions and files (refused while published unless force)."""
+    # First: the mirror job learns from the row which Firebase model to delete.
+    mirror.request_sync(session, model_id=model_id, settings=settings)
     service.delete(session, model_id=model_id, force=force, if_match=if_match)
     return Response(status_code=204)
 

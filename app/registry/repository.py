@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db.job import TERMINAL_STATES, Job
@@ -51,6 +52,23 @@ def delete_model(session: Session, model: Model) -> None:
     """The model's rows; its versions, files' rows, tags, evaluations and deployment cascade."""
     session.delete(model)
     session.flush()
+
+
+def get_for_update(session: Session, model_id: str) -> Model | None:
+    """The model, its row locked until the transaction ends (PostgreSQL; SQLite's one writer
+    is lock enough)."""
+    return session.get(Model, model_id, with_for_update=True, populate_existing=True)
+
+
+def set_firebase_mirror(session: Session, model_id: str, record: dict[str, Any]) -> None:
+    """Record where the Firebase ML mirror of a model stands. A worker writes it, not a
+    client: the revision (so the etag a client holds for If-Match) stays as it is."""
+    session.execute(
+        update(Model)
+        .where(Model.id == model_id)
+        .values(firebase_mirror=record)
+        .execution_options(synchronize_session="evaluate")
+    )
 
 
 # -- tags --------------------------------------------------------------------------------

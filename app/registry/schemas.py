@@ -60,6 +60,33 @@ class OperationRef(ApiModel):
     name: str = Field(description="operations/{id}")
 
 
+class MirrorErrorRead(ApiModel):
+    code: int = Field(description="google.rpc.Code, e.g. 7 (PERMISSION_DENIED).")
+    status: str = Field(description="Its canonical name.")
+    message: str
+
+
+class FirebaseMirrorRead(ApiModel):
+    """Where the model's mirror in Firebase ML stands (only with the mirror configured)."""
+
+    state: Literal["PENDING", "SYNCED", "FAILED"] = Field(
+        description="PENDING: a mirror job is queued or retrying (error: its last failure); "
+        "SYNCED: Firebase ML matched the model when it finished; FAILED: it gave up (error "
+        "says why; publishing again tries again)."
+    )
+    firebase_model: str | None = Field(
+        default=None, description="projects/{project}/models/{id} in Firebase ML, once made."
+    )
+    model_version: int | None = Field(
+        default=None, description="The version whose file Firebase ML holds."
+    )
+    model_hash: str | None = Field(default=None, description="Firebase ML's hash of that file.")
+    published: bool = Field(description="Whether it is published in Firebase ML.")
+    error: MirrorErrorRead | None = None
+    attempts: int = Field(description="Tries of the last mirror job so far.")
+    update_time: datetime
+
+
 class ModelRead(ApiModel):
     id: str
     name: str = Field(description="models/{id}")
@@ -89,6 +116,10 @@ class ModelRead(ApiModel):
     training_job_id: str | None = None
     latest_version: int
     versions: list[ModelVersionRead] = Field(description="Oldest first; files never change.")
+    firebase_mirror: FirebaseMirrorRead | None = Field(
+        default=None,
+        description="Read-only: the model's mirror in Firebase ML; null when never mirrored.",
+    )
     create_time: datetime
     update_time: datetime
 
