@@ -22,7 +22,12 @@ from app.db import Base, migrate
 from app.db.session import make_engine, make_session_factory
 from app.main import create_app
 
-pytest_plugins = ["tests.fixtures.gcs", "tests.fixtures.server", "tests.fixtures.tflite"]
+pytest_plugins = [
+    "tests.fixtures.firebase_ml",
+    "tests.fixtures.gcs",
+    "tests.fixtures.server",
+    "tests.fixtures.tflite",
+]
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 DATABASES = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
