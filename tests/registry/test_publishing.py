@@ -225,14 +225,16 @@ def test_uploaded_versions_cannot_be_converted(client, session_factory):
     assert "uploaded as tflite" in error_of(refused, 400, "FAILED_PRECONDITION")["message"]
 
 
-@pytest.mark.postgres_only  # SQLite's BEGIN IMMEDIATE lets only one writer read at a time
 def test_of_two_writers_that_read_the_same_state_one_loses(client, session_factory):
     model_id, _ = register(client, session_factory)
     first, second = session_factory(), session_factory()
     try:
-        # Held: the session's identity map keeps only what is referenced.
-        read_first = service.get(first, model_id=model_id)
+        # The second writer reads, and its transaction ends (SQLite lets one writer's
+        # transaction run at a time); what it read stays in its session, as in a request
+        # that read the model before another request changed it.
         read_second = service.get(second, model_id=model_id)
+        second.commit()
+        read_first = service.get(first, model_id=model_id)
         assert read_first.revision == read_second.revision
         service.update(
             first,
