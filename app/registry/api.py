@@ -342,7 +342,7 @@ def unpublish_model(
     responses=error_responses(InvalidInput, NotFound, FailedPrecondition, *AUTH),
 )
 def export_model(model_id: ModelId, export_in: ExportRequest, session: SessionDep) -> OperationRead:
-    """Export a model version to ONNX (TFLite to follow), as an operation."""
+    """Export a model version to ONNX, TFLite or full-integer TFLite, as an operation."""
     return OperationRead.from_job(
         service.request_export(session, model_id=model_id, export_in=export_in)
     )

@@ -39,7 +39,7 @@ from app.errors import (
 from app.jobs import service as jobs_service
 from app.kit.blobs import BlobStore
 from app.kit.pagination import check_page_size, decode_token, encode_token
-from app.registry import filters, service
+from app.registry import filters, mirror, service
 from app.registry.firebase_schemas import (
     PROJECT_PATTERN,
     FirebaseEmpty,
@@ -375,6 +375,9 @@ def firebase_update_model(
             service.unpublish(session, model_id=model_id, if_match=None)
         elif model.published_split is None:
             service.publish(session, model_id=model_id, publish_in=PublishRequest(), if_match=None)
+    # As the native routes do: what apps get changed, or a mirrored model's name or tags.
+    if fields & {"published", "file"} or model.firebase_mirror is not None:
+        mirror.request_sync(session, model_id=model_id, settings=settings)
     return _done(session, blobs, project, model)
 
 
@@ -440,9 +443,16 @@ def _replace_file(
     responses=error_responses(InvalidInput, NotFound, Conflict, PreconditionFailed, *AUTH),
 )
 def firebase_delete_model(
-    project: Project, model_id: ModelId, session: SessionDep, if_match: IfMatch = None
+    project: Project,
+    model_id: ModelId,
+    session: SessionDep,
+    settings: SettingsDep,
+    if_match: IfMatch = None,
 ) -> FirebaseEmpty:
     """Delete a model, published or not (as Firebase ML does); its files go with it."""
+    model = service.get(session, model_id=model_id)
+    service.check_etag(model, if_match)
+    mirror.request_sync(session, model_id=model_id, settings=settings)  # before the row goes
     service.delete(session, model_id=model_id, force=True, if_match=if_match)
     return FirebaseEmpty()
 

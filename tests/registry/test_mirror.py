@@ -394,3 +394,23 @@ def test_mirror_settings_are_checked_at_start_up(fields: dict[str, str], message
     with pytest.raises(SettingsError) as raised:
         load_settings(**fields)
     assert message in str(raised.value)
+
+
+def test_changes_through_our_firebase_api_are_mirrored_too(
+    client, session_factory, run_jobs, firebase_ml, files
+):
+    model_id, _ = register(client, session_factory, name="shapes")
+    add_tflite(client, session_factory, model_id, 1, files[0])
+    ours = f"/v1beta2/projects/{PROJECT}/models/{model_id}"
+    published = client.patch(
+        ours, params={"updateMask": "state.published"}, json={"state": {"published": True}}
+    )
+    assert published.status_code == 200, published.text
+    assert mirror_of(client, model_id)["state"] == "PENDING"
+    run_jobs()
+    there = firebase_ml.model_named("shapes")
+    assert there is not None and there["state"] == {"published": True}
+    assert client.delete(ours).status_code == 200
+    assert len(mirror_jobs(session_factory)) == 2
+    run_jobs()
+    assert firebase_ml.model_named("shapes") is None
