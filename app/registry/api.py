@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from app.auth.dependencies import require
 from app.auth.service import Scope
 from app.config import Settings
-from app.datasets.sources import FetchPolicy, SourceError, fetch
+from app.datasets.sources import FetchPolicy
 from app.db.job import Job
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
@@ -73,7 +73,7 @@ def _model_read(
     operations: list[Job],
 ) -> ModelRead:
     published = service.main_published_version(model)
-    shown = published if published is not None else max((v.version for v in versions), default=0)
+    shown = service.shown_version(model, versions)
     tflite = next(
         (a for a in artifacts if a.model_version == shown and a.format == service.TFLITE), None
     )
@@ -190,16 +190,12 @@ async def _tflite_upload(
         body = schema.model_validate_json(await request.body())
     except ValidationError as exc:
         raise InvalidInput.of_validation(exc) from None
-    uri = body.tflite_model.gcs_tflite_uri
-    try:
-        data = await run_in_threadpool(
-            fetch,
-            uri,
-            policy=FetchPolicy.of(settings),
-            max_bytes=settings.max_tflite_bytes + 1,
-        )
-    except SourceError as exc:
-        raise InvalidInput.field("tfliteModel.gcsTfliteUri", str(exc)) from None
+    data = await run_in_threadpool(
+        service.fetch_tflite,
+        body.tflite_model.gcs_tflite_uri,
+        policy=FetchPolicy.of(settings),
+        max_bytes=settings.max_tflite_bytes,
+    )
     return body, data
 
 

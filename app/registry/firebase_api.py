@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.auth.dependencies import require
 from app.auth.service import Scope
 from app.config import Settings
-from app.datasets.sources import FetchPolicy, SourceError, fetch
+from app.datasets.sources import FetchPolicy
 from app.db.job import Job, JobState
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
@@ -101,9 +101,7 @@ def _shown_file(
     """The TFLite file Firebase's one-file model stands for: the published version's (the
     heaviest of a split), else the latest version's; an upload that failed the checks is
     still its version's file."""
-    shown = service.main_published_version(model) or max(
-        (v.version for v in versions), default=None
-    )
+    shown = service.shown_version(model, versions)
     for artifact in artifacts:
         if artifact.model_version == shown and artifact.format == service.TFLITE:
             return service.VersionFile(
@@ -224,10 +222,9 @@ def _source_uri(source: FirebaseTfliteSource | None) -> str:
 
 
 def _read_source(uri: str, settings: Settings) -> bytes:
-    try:
-        return fetch(uri, policy=FetchPolicy.of(settings), max_bytes=settings.max_tflite_bytes + 1)
-    except SourceError as exc:
-        raise InvalidInput.field(SOURCE_FIELD, str(exc)) from None
+    return service.fetch_tflite(
+        uri, policy=FetchPolicy.of(settings), max_bytes=settings.max_tflite_bytes
+    )
 
 
 # -- models --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.datasets.sources import FetchPolicy, SourceError, fetch
 from app.db.job import Job
 from app.db.model import Model
 from app.db.model_artifact import ModelArtifact
@@ -133,6 +134,13 @@ def check_unlocked(session: Session, model: Model) -> None:
 def published_versions(model: Model) -> dict[int, int]:
     """Published version numbers and their weights; empty while unpublished."""
     return {int(v): w for v, w in (model.published_split or {}).items()}
+
+
+def shown_version(model: Model, versions: Sequence[ModelVersion]) -> int | None:
+    """The version a model stands for (its modelHash, Firebase's one file): the heaviest
+    published one, else the latest."""
+    published = main_published_version(model)
+    return published if published is not None else max((v.version for v in versions), default=None)
 
 
 def main_published_version(model: Model) -> int | None:
@@ -413,6 +421,15 @@ def create_model(
 UPLOADED_MODEL_TYPE = "CUSTOM_TFLITE"
 
 
+def fetch_tflite(uri: str, *, policy: FetchPolicy, max_bytes: int) -> bytes:
+    """The .tflite file ``uri`` names, read as imports read (gs://, allowed https, a path under
+    the import root); one byte past ``max_bytes`` is read so that the size check can refuse it."""
+    try:
+        return fetch(uri, policy=policy, max_bytes=max_bytes + 1)
+    except SourceError as exc:
+        raise InvalidInput.field("tfliteModel.gcsTfliteUri", str(exc)) from None
+
+
 def uploaded_key(model_id: str, sha256: str) -> str:
     """Content-addressed: a writer stores the file before it knows its version number."""
     return f"models/{model_id}/uploads/{sha256}.tflite"
@@ -482,11 +499,8 @@ def _add_uploaded_version(
     # Imported here: the interpreter loads only where a file is checked.
     from app.detector.tflite_check import TfliteRejected, inspect_tflite
 
-    stored = StoredFile(
-        key=uploaded_key(model.id, hashlib.sha256(data).hexdigest()),
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
-    )
+    sha256 = hashlib.sha256(data).hexdigest()
+    stored = StoredFile(key=uploaded_key(model.id, sha256), sha256=sha256, size_bytes=len(data))
     blobs.put(stored.key, data, content_type="application/octet-stream")
     version = add_version(session, model=model, training_job_id=None, weights=stored, format=TFLITE)
     try:
