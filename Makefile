@@ -32,8 +32,11 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 	$(BIN)/edge-automl openapi --check
 
+# Two processes share the suite (most tests wait on servers, workers and the database); the
+# trainings with wall-clock budgets then run alone.
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 openapi: $(VENV)/.installed
 	$(BIN)/edge-automl openapi

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings, load_settings
@@ -29,7 +29,32 @@ pytest_plugins = [
     "tests.fixtures.tflite",
 ]
 
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+
+def _worker_database_url(url: str | None) -> str | None:
+    """Under pytest-xdist each worker process gets its own PostgreSQL database (``test_gw0``
+    ...), made on first use: tests reset the schema and delete every row, so two workers on
+    one database would wipe each other's rows mid-test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if url is None or worker is None:
+        return url
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = make_engine(
+        base.set(database="postgres").render_as_string(False), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(False)
+
+
+TEST_DATABASE_URL = _worker_database_url(os.environ.get("TEST_DATABASE_URL"))
 DATABASES = ["sqlite", "postgresql"] if TEST_DATABASE_URL else ["sqlite"]
 
 

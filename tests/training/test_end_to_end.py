@@ -42,6 +42,9 @@ from tests.support.mediapipe import assert_mediapipe_agrees, mediapipe_detection
 from tests.support.processes import stop_all
 from tests.training.conftest import epoch_reported, start_training
 
+# Their budgets are wall-clock time: other tests sharing the two cores would starve them.
+pytestmark = pytest.mark.serial
+
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 log = logging.getLogger(__name__)
 
