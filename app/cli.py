@@ -1,4 +1,4 @@
-"""The ``edge-automl`` command: serve, worker, db, openapi, apikey."""
+"""The ``edge-automl`` command: serve, worker, db, openapi, apikey, train-job."""
 
 from __future__ import annotations
 
@@ -222,6 +222,89 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train-job ---------------------------------------------------------------------------
+
+
+def cmd_train_job(args: argparse.Namespace) -> int:
+    from app.training import remote_trainer
+
+    spec = remote_trainer.TrainJobSpec(
+        snapshot_url=args.snapshot,
+        images_url=args.images_from,
+        output_url=args.output,
+        model_type=args.model_type,
+        budget_milli_node_hours=args.budget_milli_node_hours,
+        disable_early_stopping=args.disable_early_stopping,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        threads=args.threads,
+        progress_seconds=args.progress_seconds,
+    )
+    try:
+        result = remote_trainer.run(spec)
+    except remote_trainer.JobInputError as exc:
+        remote_trainer.record_refusal(spec, str(exc))
+        sys.stderr.write(f"edge-automl train-job: {exc}\n")
+        return 2
+    sys.stdout.write(
+        f"trained {result['epochs']} epochs ({result['stopReason']}); "
+        f"wrote {args.output.rstrip('/')}/{remote_trainer.MODEL_FILE}\n"
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_train_job(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from app.training.remote_trainer import DEFAULT_PROGRESS_SECONDS
+
+    job = commands.add_parser(
+        "train-job",
+        help="train on a dataset snapshot outside the service (a Vertex AI custom job)",
+        description="Train a detector on a frozen training snapshot, reading it and its images "
+        "through a blob store (gs://bucket/prefix, file:// or a path) and writing progress.json "
+        "and checkpoint.pt every epoch, then model.pt and result.json (last) under --output. "
+        "An output holding checkpoint.pt resumes from it; one holding result.json is done. "
+        "Exits 2 with a message on bad input.",
+    )
+    job.add_argument(
+        "--snapshot",
+        required=True,
+        help="the snapshot file: gs://bucket/.../snapshot.json or a path",
+    )
+    job.add_argument(
+        "--images-from",
+        required=True,
+        help="blob store the snapshot's keys (images, base model) resolve in",
+    )
+    job.add_argument("--output", required=True, help="blob store (prefix) the run writes to")
+    job.add_argument(
+        "--model-type", required=True, help="MOBILE_TF_LOW_LATENCY_1 etc., or an alias"
+    )
+    job.add_argument(
+        "--budget-milli-node-hours",
+        type=int,
+        required=True,
+        help="1,000 = one hour of this machine's wall clock",
+    )
+    job.add_argument("--disable-early-stopping", action="store_true")
+    job.add_argument("--seed", type=int, default=0)
+    job.add_argument("--max-epochs", type=_positive_int, help="cap on epochs (smoke tests)")
+    job.add_argument("--threads", type=_positive_int, help="CPU threads for training")
+    job.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=DEFAULT_PROGRESS_SECONDS,
+        help="most seconds between progress.json writes within an epoch",
+    )
+    job.set_defaults(handler=cmd_train_job)
+
+
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -263,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_actions.add_parser("list")
     key_actions.add_parser("revoke").add_argument("id")
     apikey.set_defaults(handler=cmd_apikey)
+
+    _add_train_job(commands)
     return parser
 
 
