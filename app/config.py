@@ -170,6 +170,62 @@ class Settings(BaseSettings):
         description="Base URL of the Firebase ML API (a local stand-in, say); unset: Google's.",
     )
 
+    training_backend: Literal["local", "vertex-automl", "vertex-custom"] = Field(
+        default="local",
+        description="Where a training job runs unless it names its backend: local (a worker "
+        "here), vertex-automl (Vertex AI AutoML) or vertex-custom (this trainer as a Vertex "
+        "AI custom job).",
+    )
+    vertex_project: str | None = Field(
+        default=None, description="Google Cloud project of the Vertex AI backends."
+    )
+    vertex_location: str = Field(default="us-central1", description="Vertex AI region.")
+    vertex_staging_bucket: str | None = Field(
+        default=None,
+        description="gs://bucket[/prefix] the Vertex AI backends write images, import files, "
+        "exports and custom-job outputs to (under edge-automl/{trainingJobId}/).",
+    )
+    vertex_service_account: str | None = Field(
+        default=None,
+        description="Service account e-mail the Vertex AI training runs as; unset: Vertex's "
+        "default.",
+    )
+    vertex_api_endpoint: str | None = Field(
+        default=None,
+        description="Vertex AI API endpoint; unset: {location}-aiplatform.googleapis.com. "
+        "http://host:port (a local stand-in) is used with anonymous credentials.",
+    )
+    vertex_api_transport: Literal["grpc", "rest"] = Field(
+        default="grpc", description="How the Vertex AI clients talk: grpc or rest (HTTP/JSON)."
+    )
+    vertex_credentials_file: Path | None = Field(
+        default=None,
+        description="Service-account JSON key for Vertex AI; unset: Application Default "
+        "Credentials.",
+    )
+    vertex_custom_image: str | None = Field(
+        default=None,
+        description="Container image URI of this project that a vertex-custom job runs "
+        "(edge-automl train-job); required for vertex-custom.",
+    )
+    vertex_custom_machine_type: str = Field(
+        default="n1-standard-8", description="Machine type of a vertex-custom job."
+    )
+    vertex_custom_accelerator_type: str | None = Field(
+        default=None, description="Accelerator of a vertex-custom job (NVIDIA_TESLA_T4, ...)."
+    )
+    vertex_custom_accelerator_count: int = Field(
+        default=0, ge=0, description="Accelerators per vertex-custom machine."
+    )
+    remote_poll_seconds: float = Field(
+        default=30.0, gt=0, description="How often the poller looks at remote training jobs."
+    )
+    remote_poll_max_backoff_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait between polls of a remote job after transient errors.",
+    )
+
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     job_retry_backoff_seconds: float = Field(default=10.0, ge=0)
     job_heartbeat_seconds: float = Field(default=5.0, gt=0)
@@ -264,6 +320,27 @@ class Settings(BaseSettings):
             raise ValueError(f"EDGE_AUTOML_FIREBASE_CREDENTIALS_FILE: no file at {credentials}")
         return self
 
+    @field_validator("vertex_staging_bucket")
+    @classmethod
+    def _gs_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("gs://") or len(value) <= len("gs://"):
+            raise ValueError("must be gs://bucket or gs://bucket/prefix")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_backend_configured(self) -> Settings:
+        missing = self.missing_for_backend(self.training_backend)
+        if missing:
+            raise ValueError(
+                f"EDGE_AUTOML_TRAINING_BACKEND={self.training_backend} needs {', '.join(missing)}"
+            )
+        credentials = self.vertex_credentials_file
+        if credentials is not None and not credentials.is_file():
+            raise ValueError(f"EDGE_AUTOML_VERTEX_CREDENTIALS_FILE: no file at {credentials}")
+        return self
+
     @model_validator(mode="after")
     def _stall_timeout_outlasts_heartbeats(self) -> Settings:
         if self.job_stall_timeout_seconds <= 2 * self.job_heartbeat_seconds:
@@ -280,6 +357,15 @@ class Settings(BaseSettings):
     @property
     def firebase_mirror_on(self) -> bool:
         return self.firebase_mirror_project is not None
+
+    def missing_for_backend(self, backend: str) -> list[str]:
+        """The settings a training backend needs that are unset (environment variable names)."""
+        needed: list[str] = []
+        if backend in ("vertex-automl", "vertex-custom"):
+            needed += ["vertex_project", "vertex_staging_bucket"]
+        if backend == "vertex-custom":
+            needed.append("vertex_custom_image")
+        return [f"EDGE_AUTOML_{name.upper()}" for name in needed if getattr(self, name) is None]
 
     @property
     def binds_loopback(self) -> bool:

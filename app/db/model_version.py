@@ -24,4 +24,7 @@ class ModelVersion(Base):
     weights_blob_key: Mapped[str] = mapped_column(String(200))
     weights_sha256: Mapped[str] = mapped_column(String(64))
     weights_size_bytes: Mapped[int] = mapped_column(Integer)
+    # The Vertex AI model this version came from (projects/P/locations/L/models/ID), when
+    # Vertex trained it: a later AutoML job can start from it (uptrainBaseModelId).
+    remote_model_name: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
