@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.server",
     "tests.fixtures.tflite",
+    "tests.fixtures.vertex",
 ]
 
 
