@@ -400,13 +400,14 @@ def wait_for_job(api: dict[str, Any], name: str) -> Any:
 def test_a_custom_job_runs_its_container_command_locally(
     api: dict[str, Any],
     vertex: FakeVertex,
+    gcs_emulator: str,
     gcs_client: storage.Client,
     gcs_bucket: str,
     fails: bool,
 ) -> None:
     vertex.script_custom_job(run_command=True)
     vertex.command_prefix = [sys.executable, "-c", CONTAINER_SCRIPT]
-    vertex.command_env = {"STORAGE_EMULATOR_HOST": gcs_client._connection.API_BASE_URL}
+    vertex.command_env = {"STORAGE_EMULATOR_HOST": gcs_emulator}
     args = [f"gs://{gcs_bucket}/weights.txt"] + (["out of memory"] if fails else [])
 
     created = create_custom_job(api, vertex, args)
@@ -459,6 +460,12 @@ def test_the_grpc_transport_over_tls(
     assert states == ["PIPELINE_STATE_RUNNING", "PIPELINE_STATE_SUCCEEDED"]
     assert api["datasets"].get_dataset(name=dataset).data_item_count == 2
     assert [m for m, _, _ in vertex_grpc.requests][:2] == ["CreateDataset", "GetOperation"]
+    # The certificate names 127.0.0.1 too.
+    by_address = v1.DatasetServiceClient(
+        client_options={"api_endpoint": vertex_grpc.endpoint.replace("localhost", "127.0.0.1")},
+        credentials=AnonymousCredentials(),
+    )
+    assert by_address.get_dataset(name=dataset).name == dataset
 
 
 def test_the_high_level_sdk_reads_a_model(
