@@ -288,7 +288,14 @@ def record_refusal(spec: TrainJobSpec, message: str) -> None:
         output = open_blob_store(store_url(spec.output_url))
         output.put(
             ERROR_FILE,
-            _json({"code": "INVALID_ARGUMENT", "message": message, "time": utcnow().isoformat()}),
+            _json(
+                {
+                    "code": 3,  # google.rpc.Code INVALID_ARGUMENT, as Vertex writes errors
+                    "status": "INVALID_ARGUMENT",
+                    "message": message,
+                    "time": utcnow().isoformat(),
+                }
+            ),
             content_type="application/json",
         )
     except Exception:

@@ -1,0 +1,367 @@
+"""The vertex-custom backend over the wire: the real aiplatform_v1 JobServiceClient (REST)
+against the Vertex AI stand-in, Cloud Storage through the emulator, and the stand-in running
+the CustomJob's own command line (``edge-automl train-job``) as a local process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import build_parser
+from app.config import Settings, load_settings
+from app.detector.bundle import load_bundle
+from app.kit.blobs import BlobStore, open_blob_store
+from app.training.backends.base import (
+    RemoteCallPermanent,
+    RemoteCallTransient,
+    RemoteRun,
+    RemoteState,
+    RemoteStatus,
+    is_transient,
+)
+from app.training.backends.vertex_custom import VertexCustomBackend
+from tests.fixtures.vertex import FakeVertex
+from tests.training.test_train_job_command import JOB_ID, LABELS, write_snapshot
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "us-central1-docker.pkg.dev/test-project/edge-automl/edge-automl:1.0"
+JOB_ACCOUNT = "edge-automl-trainer@test-project.iam.gserviceaccount.com"
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture
+def vertex_settings(vertex: FakeVertex, gcs_bucket: str, tmp_path: Path) -> Settings:
+    """The service configured for the stand-in; one epoch, so the trainer runs seconds.
+    (These tests call the backend directly: no database.)"""
+    return load_settings(
+        database_url="sqlite://",
+        blob_url=f"file://{tmp_path / 'blobs'}",
+        **{
+            "vertex_project": vertex.project,
+            "vertex_location": vertex.location,
+            "vertex_staging_bucket": f"gs://{gcs_bucket}/staging",
+            "vertex_api_endpoint": vertex.endpoint,
+            "vertex_api_transport": "rest",
+            "vertex_service_account": JOB_ACCOUNT,
+            "vertex_custom_image": IMAGE,
+            "vertex_custom_machine_type": "n1-standard-4",
+            "training_max_epochs": 1,
+            "remote_poll_seconds": 0.2,
+        },
+    )
+
+
+@pytest.fixture
+def run_command(vertex: FakeVertex, gcs_emulator: str) -> FakeVertex:
+    """The stand-in runs a CustomJob's container command here, ``python -m app`` standing in
+    for the image's ``edge-automl``."""
+    vertex.command_prefix = [sys.executable, "-m", "app"]
+    vertex.command_env = {"STORAGE_EMULATOR_HOST": gcs_emulator, "PYTHONPATH": str(REPO_ROOT)}
+    vertex.script_custom_job(run_command=True)
+    return vertex
+
+
+def make_run(settings: Settings, blobs: BlobStore, **fields: Any) -> RemoteRun:
+    """A training job as the service hands it to a backend, its saved names in ``run.remote``."""
+    key = write_snapshot(blobs, fields.pop("splits", None))
+    return RemoteRun(
+        training_job_id=JOB_ID,
+        display_name="shapes detector",
+        dataset_id="ds1",
+        model_type=fields.pop("model_type", "MOBILE_TF_LOW_LATENCY_1"),
+        budget_milli_node_hours=50,
+        disable_early_stopping=False,
+        seed=7,
+        labels=tuple(LABELS),
+        snapshot_blob_key=key,
+        remote={},
+        settings=settings,
+        blobs=blobs,
+        _save=lambda names: None,
+        **fields,
+    )
+
+
+def wait_until_done(backend: VertexCustomBackend, run: RemoteRun) -> list[RemoteStatus]:
+    """Poll as the poller does until the job is terminal; every status seen."""
+    seen = []
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = backend.poll(run)
+        seen.append(status)
+        if status.state != RemoteState.RUNNING:
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"the custom job is still running: {seen[-1]}")
+
+
+def staged(gcs_client, bucket: str) -> list[str]:
+    return sorted(b.name for b in gcs_client.list_blobs(bucket, prefix="staging/"))
+
+
+# -- submit ------------------------------------------------------------------------------
+
+
+def test_submit_stages_local_data_and_creates_one_custom_job(
+    vertex, vertex_settings, gcs_client, gcs_bucket, tmp_path
+):
+    vertex.script_custom_job(["PENDING"])
+    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
+    run = make_run(vertex_settings, blobs)
+    backend = VertexCustomBackend(vertex_settings)
+
+    backend.submit(run)
+
+    [(name, job)] = vertex.custom_jobs.items()
+    folder = f"gs://{gcs_bucket}/staging/edge-automl/{JOB_ID}"
+    assert run.remote == {
+        "outputUri": f"{folder}/output",
+        "snapshotUri": f"{folder}/data/training/{JOB_ID}/snapshot.json",
+        "imagesUri": f"{folder}/data",
+        "customJobName": name,
+    }
+    # The local images and the snapshot, copied once into the staging bucket.
+    data = f"staging/edge-automl/{JOB_ID}/data/"
+    images = sorted(f"{data}{info.key}" for info in blobs.list("datasets/"))
+    assert len(images) == 10
+    assert staged(gcs_client, gcs_bucket) == sorted(
+        [*images, f"{data}training/{JOB_ID}/snapshot.json"]
+    )
+
+    spec = job.job_spec
+    assert job.display_name == "edge-automl shapes detector"
+    assert job.labels == {"edge-automl-training-job": JOB_ID}
+    assert spec.service_account == JOB_ACCOUNT
+    assert spec.base_output_directory.output_uri_prefix == f"{folder}/output"
+    assert spec.scheduling.timeout.total_seconds() == 50 * 3.6 * 1.5 + 3600
+    [pool] = spec.worker_pool_specs
+    assert pool.replica_count == 1
+    assert pool.machine_spec.machine_type == "n1-standard-4"
+    assert pool.machine_spec.accelerator_count == 0
+    container = pool.container_spec
+    assert container.image_uri == IMAGE and list(container.command) == ["edge-automl"]
+    # Read-checked: the arguments are ones the image's own CLI accepts, meaning what we mean.
+    args = build_parser().parse_args(list(container.args))
+    assert args.handler.__name__ == "cmd_train_job"
+    assert (args.snapshot, args.images_from, args.output) == (
+        run.remote["snapshotUri"],
+        run.remote["imagesUri"],
+        run.remote["outputUri"],
+    )
+    assert (args.model_type, args.budget_milli_node_hours, args.seed) == (
+        "MOBILE_TF_LOW_LATENCY_1",
+        50,
+        7,
+    )
+    assert not args.disable_early_stopping and args.max_epochs == 1
+    assert args.progress_seconds == 1.0, "not more than one write a second to one object"
+
+    # A retried submit (the worker died after CreateCustomJob was saved) creates nothing.
+    creates = [r for r in vertex.requests if r[0] == "CreateCustomJob"]
+    backend.submit(run)
+    assert [r for r in vertex.requests if r[0] == "CreateCustomJob"] == creates
+    assert len(vertex.custom_jobs) == 1
+
+
+def test_a_retried_submit_copies_only_what_is_missing(
+    vertex, vertex_settings, gcs_client, gcs_bucket, tmp_path
+):
+    vertex.script_custom_job(["PENDING"])
+    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
+    run = make_run(vertex_settings, blobs)
+    backend = VertexCustomBackend(vertex_settings)
+    # The first attempt died while copying: two images made it, the snapshot did not.
+    data = open_blob_store(f"gs://{gcs_bucket}/staging/edge-automl/{JOB_ID}/data")
+    for key in ("datasets/ds1/images/0.jpg", "datasets/ds1/images/1.jpg"):
+        data.put(key, b"already here")
+    vertex.fail_next("CreateCustomJob", code=503)
+
+    with pytest.raises(RemoteCallTransient) as failed:
+        backend.submit(run)
+    assert is_transient(failed.value) and "Vertex AI CreateCustomJob" in str(failed.value)
+    assert data.get("datasets/ds1/images/0.jpg") == b"already here", "not copied again"
+    assert data.get("datasets/ds1/images/2.jpg") == blobs.get("datasets/ds1/images/2.jpg")
+    assert "customJobName" not in run.remote and not vertex.custom_jobs
+
+    backend.submit(run)
+    assert len(vertex.custom_jobs) == 1 and run.remote["customJobName"] in vertex.custom_jobs
+
+
+def test_submit_reads_cloud_storage_data_in_place(vertex, vertex_settings, gcs_client, gcs_bucket):
+    vertex.script_custom_job(["PENDING"])
+    blobs = open_blob_store(f"gs://{gcs_bucket}/service")
+    settings = vertex_settings.model_copy(
+        update={
+            "vertex_custom_accelerator_type": "NVIDIA_TESLA_T4",
+            "vertex_custom_accelerator_count": 2,
+            "vertex_service_account": None,
+        }
+    )
+    run = make_run(settings, blobs)
+
+    VertexCustomBackend(settings).submit(run)
+
+    assert run.remote["imagesUri"] == f"gs://{gcs_bucket}/service"
+    assert run.remote["snapshotUri"] == f"gs://{gcs_bucket}/service/training/{JOB_ID}/snapshot.json"
+    assert staged(gcs_client, gcs_bucket) == [], "nothing copied"
+    [job] = vertex.custom_jobs.values()
+    machine = job.job_spec.worker_pool_specs[0].machine_spec
+    assert (machine.accelerator_type.name, machine.accelerator_count) == ("NVIDIA_TESLA_T4", 2)
+    assert job.job_spec.service_account == "", "Vertex's default account"
+
+
+# -- the job runs: poll, collect ---------------------------------------------------------
+
+
+def test_the_custom_job_trains_and_its_model_is_collected(run_command, vertex_settings, tmp_path):
+    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
+    run = make_run(vertex_settings, blobs)
+    backend = VertexCustomBackend(vertex_settings)
+
+    backend.submit(run)
+    seen = wait_until_done(backend, run)
+
+    assert seen[0].state == RemoteState.RUNNING and seen[0].remote_state == "JOB_STATE_RUNNING"
+    last = seen[-1]
+    assert (last.state, last.remote_state, last.error) == (
+        RemoteState.SUCCEEDED,
+        "JOB_STATE_SUCCEEDED",
+        None,
+    )
+    assert last.progress is not None and last.progress["epoch"] == 1
+    assert last.progress["fraction"] == 1.0 and last.progress["elapsedMilliNodeHours"] > 0
+
+    collected = backend.collect(run)
+
+    assert collected.weights is not None and collected.tflite is None
+    result = json.loads(open_blob_store(run.remote["outputUri"]).get("result.json"))
+    assert hashlib.sha256(collected.weights).hexdigest() == result["modelSha256"]
+    assert load_bundle(collected.weights).labels == tuple(LABELS)
+    assert collected.successful_stop_reason == "MODEL_CONVERGED", "the epoch cap ended it"
+    assert 1 <= collected.cost_milli_node_hours <= 50
+    assert collected.details["epochs"] == 1
+    assert collected.details["customJobName"] == run.remote["customJobName"]
+    assert collected.progress == last.progress
+
+
+def test_a_refused_command_fails_the_job_with_the_trainers_message(
+    run_command, vertex_settings, tmp_path
+):
+    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
+    run = make_run(vertex_settings, blobs, model_type="MOBILE_TF_HUGE_1")
+    backend = VertexCustomBackend(vertex_settings)
+
+    backend.submit(run)
+    last = wait_until_done(backend, run)[-1]
+
+    assert (last.state, last.remote_state) == (RemoteState.FAILED, "JOB_STATE_FAILED")
+    assert last.error is not None and last.error["code"] == 3
+    assert last.error["message"].startswith("--model-type: unknown model type 'MOBILE_TF_HUGE_1'")
+    assert "exited with a non-zero status of 2" in last.error["message"]
+
+
+def test_a_tampered_model_is_refused_at_collection(run_command, vertex_settings, tmp_path):
+    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
+    run = make_run(vertex_settings, blobs)
+    backend = VertexCustomBackend(vertex_settings)
+    backend.submit(run)
+    assert wait_until_done(backend, run)[-1].state == RemoteState.SUCCEEDED
+    output = open_blob_store(run.remote["outputUri"])
+    output.put("model.pt", output.get("model.pt") + b"x")
+
+    with pytest.raises(RemoteCallPermanent, match=r"model\.pt's sha256 is"):
+        backend.collect(run)
+    output.delete("result.json")
+    with pytest.raises(RemoteCallPermanent, match=r"result\.json is missing"):
+        backend.collect(run)
+
+
+# -- scripted remote states --------------------------------------------------------------
+
+
+def submitted(
+    vertex: FakeVertex, settings: Settings, tmp_path: Path, states: list[str], **script: Any
+) -> tuple[VertexCustomBackend, RemoteRun]:
+    vertex.script_custom_job(states, **script)
+    run = make_run(settings, open_blob_store(f"file://{tmp_path / 'service'}"), splits={"TRAIN": 1})
+    backend = VertexCustomBackend(settings)
+    backend.submit(run)
+    return backend, run
+
+
+def states_seen(backend: VertexCustomBackend, run: RemoteRun, polls: int) -> list[Any]:
+    return [(s.state, s.remote_state) for s in (backend.poll(run) for _ in range(polls))]
+
+
+def test_vertex_states_map_to_the_training_jobs(vertex, vertex_settings, tmp_path):
+    backend, run = submitted(
+        vertex,
+        vertex_settings,
+        tmp_path,
+        ["QUEUED", "PENDING", "RUNNING", "FAILED"],
+        error={"code": 8, "message": "Quota exceeded for NVIDIA_TESLA_T4"},
+    )
+
+    assert states_seen(backend, run, 3) == [
+        (RemoteState.RUNNING, "JOB_STATE_QUEUED"),
+        (RemoteState.RUNNING, "JOB_STATE_PENDING"),
+        (RemoteState.RUNNING, "JOB_STATE_RUNNING"),
+    ]
+    failed = backend.poll(run)
+    assert (failed.state, failed.remote_state) == (RemoteState.FAILED, "JOB_STATE_FAILED")
+    assert failed.error == {"code": 8, "message": "Quota exceeded for NVIDIA_TESLA_T4"}
+
+
+def test_cancel_asks_vertex_and_the_job_ends_cancelled(vertex, vertex_settings, tmp_path):
+    backend, run = submitted(vertex, vertex_settings, tmp_path, ["PENDING", "RUNNING"])
+    assert backend.poll(run).state == RemoteState.RUNNING
+
+    backend.cancel(run)
+
+    cancels = [r for r in vertex.requests if r[0] == "CancelCustomJob"]
+    assert [r[1] for r in cancels] == [run.remote["customJobName"]]
+    status = backend.poll(run)
+    assert (status.state, status.remote_state) == (RemoteState.CANCELLED, "JOB_STATE_CANCELLED")
+    # Cancelling again once it is over is not an error: Vertex says FAILED_PRECONDITION.
+    backend.cancel(run)
+    assert backend.poll(run).state == RemoteState.CANCELLED
+
+
+def test_cancel_before_any_custom_job_exists_does_nothing(vertex, vertex_settings, tmp_path):
+    run = make_run(vertex_settings, open_blob_store(f"file://{tmp_path / 'service'}"))
+    VertexCustomBackend(vertex_settings).cancel(run)
+    assert not [r for r in vertex.requests if r[0] == "CancelCustomJob"]
+
+
+@pytest.mark.parametrize(
+    ("inject", "transient"),
+    [
+        (lambda fake, name: fake.fail_next("GetCustomJob", code=503), True),
+        (lambda fake, name: fake.fail_next("GetCustomJob", code=429), True),
+        (lambda fake, name: fake.fail_next("GetCustomJob", code=403), False),
+        (lambda fake, name: fake.forget(name), False),
+    ],
+    ids=["unavailable", "rate-limited", "permission-denied", "not-found"],
+)
+def test_poll_errors_say_whether_to_retry(
+    vertex,
+    vertex_settings,
+    tmp_path,
+    inject: Callable[[FakeVertex, str], None],
+    transient: bool,
+):
+    backend, run = submitted(vertex, vertex_settings, tmp_path, ["RUNNING"])
+    inject(vertex, run.remote["customJobName"])
+
+    with pytest.raises((RemoteCallTransient, RemoteCallPermanent)) as failed:
+        backend.poll(run)
+
+    assert is_transient(failed.value) is transient
+    assert str(failed.value).startswith("Vertex AI GetCustomJob: ")
