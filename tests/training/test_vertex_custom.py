@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from tests.fixtures.vertex import FakeVertex
 from tests.training.test_train_job_command import JOB_ID, LABELS, write_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = REPO_ROOT / "deploy" / "vertex-custom"
 IMAGE = "us-central1-docker.pkg.dev/test-project/edge-automl/edge-automl:1.0"
 JOB_ACCOUNT = "edge-automl-trainer@test-project.iam.gserviceaccount.com"
 RUN_TIMEOUT_S = 240
@@ -76,9 +80,9 @@ def make_run(settings: Settings, blobs: BlobStore, **fields: Any) -> RemoteRun:
         display_name="shapes detector",
         dataset_id="ds1",
         model_type=fields.pop("model_type", "MOBILE_TF_LOW_LATENCY_1"),
-        budget_milli_node_hours=50,
+        budget_milli_node_hours=fields.pop("budget_milli_node_hours", 50),
         disable_early_stopping=False,
-        seed=7,
+        seed=fields.pop("seed", 7),
         labels=tuple(LABELS),
         snapshot_blob_key=key,
         remote={},
@@ -365,3 +369,106 @@ def test_poll_errors_say_whether_to_retry(
 
     assert is_transient(failed.value) is transient
     assert str(failed.value).startswith("Vertex AI GetCustomJob: ")
+
+
+# -- deploy/vertex-custom, read-checked --------------------------------------------------
+
+SETTING = re.compile(r"EDGE_AUTOML_[A-Z0-9_]*[A-Z0-9]")
+
+
+def sample_env() -> tuple[dict[str, str], set[str]]:
+    """vertex.env's active settings, and every name it mentions (commented ones too)."""
+    active: dict[str, str] = {}
+    for line in (DEPLOY / "vertex.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            active[name] = value
+    return active, set(SETTING.findall((DEPLOY / "vertex.env").read_text()))
+
+
+def test_the_sample_config_is_valid_settings_naming_every_vertex_setting(monkeypatch):
+    active, mentioned = sample_env()
+    fields = {f"EDGE_AUTOML_{name.upper()}" for name in Settings.model_fields}
+    for path in DEPLOY.iterdir():
+        unknown = set(SETTING.findall(path.read_text())) - fields
+        assert not unknown, f"{path.name} names settings the service does not read: {unknown}"
+    wanted = {
+        name
+        for name in fields
+        if name.startswith(("EDGE_AUTOML_VERTEX_", "EDGE_AUTOML_REMOTE_POLL_"))
+    }
+    assert wanted <= mentioned, f"vertex.env leaves out {wanted - mentioned}"
+    assert "EDGE_AUTOML_TRAINING_BACKEND" in active
+
+    for name, value in active.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()  # from the environment, as the service reads it
+
+    assert settings.training_backend == "vertex-custom"
+    assert settings.missing_for_backend("vertex-custom") == []
+    assert settings.vertex_custom_accelerator_type == "NVIDIA_TESLA_T4"
+    assert settings.remote_poll_seconds == 30
+
+
+def test_the_documented_custom_job_is_the_one_the_backend_creates(monkeypatch, tmp_path):
+    from google.cloud.aiplatform_v1 import types
+
+    config = (DEPLOY / "custom-job.json").read_text()
+    documented = types.CustomJobSpec.from_json(config)  # unknown fields fail here
+    for name, value in sample_env()[0].items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(blob_url=f"file://{tmp_path / 'blobs'}")
+    backend = VertexCustomBackend(settings)
+    run = make_run(
+        settings,
+        open_blob_store(f"file://{tmp_path / 'service'}"),
+        model_type="MOBILE_TF_VERSATILE_1",
+        budget_milli_node_hours=24000,
+        seed=0,
+    )
+    [pool] = documented.worker_pool_specs
+    args = build_parser().parse_args(list(pool.container_spec.args))
+    assert args.handler.__name__ == "cmd_train_job"
+
+    made = backend.custom_job(
+        run, backend.job_spec(run, args.snapshot, args.images_from, args.output)
+    ).job_spec
+
+    [made_pool] = made.worker_pool_specs
+    assert made_pool.machine_spec == pool.machine_spec
+    assert made_pool.replica_count == pool.replica_count
+    assert made_pool.container_spec.image_uri == pool.container_spec.image_uri
+    assert made_pool.container_spec.command == pool.container_spec.command
+    assert list(made_pool.container_spec.args) == list(pool.container_spec.args)
+    assert made.service_account == documented.service_account
+    assert made.base_output_directory == documented.base_output_directory
+    assert made.scheduling.timeout == documented.scheduling.timeout
+
+
+def documented_command_lines() -> list[list[str]]:
+    """Every ``edge-automl train-job`` line of the README (continuations joined)."""
+    text = (DEPLOY / "README.md").read_text().replace("\\\n", " ")
+    return [
+        shlex.split(line) for line in text.splitlines() if line.startswith("edge-automl train-job ")
+    ]
+
+
+def test_the_documented_command_lines_parse_with_the_cli():
+    lines = documented_command_lines()
+    assert len(lines) == 2
+    for argv in lines:
+        args = build_parser().parse_args(argv[1:])
+        assert args.handler.__name__ == "cmd_train_job"
+        assert args.model_type and args.budget_milli_node_hours >= 10
+    options = {a for a in build_parser().parse_args(lines[0][1:]).__dict__}
+    readme = (DEPLOY / "README.md").read_text()
+    for option in options - {"command", "handler"}:
+        flag = "--" + option.replace("_", "-")
+        assert f"| `{flag}` |" in readme, f"the README's option table leaves out {flag}"
+
+
+def test_the_setup_script_parses():
+    done = subprocess.run(
+        ["bash", "-n", str(DEPLOY / "setup.sh")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
