@@ -4,14 +4,17 @@ the CustomJob's own command line (``edge-automl train-job``) as a local process.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ import pytest
 from app.cli import build_parser
 from app.config import Settings, load_settings
 from app.detector.bundle import load_bundle
+from app.jobs.registry import default_registry
+from app.jobs.worker import Worker
 from app.kit.blobs import BlobStore, open_blob_store
 from app.training.backends.base import (
     RemoteCallPermanent,
@@ -31,6 +36,7 @@ from app.training.backends.base import (
 )
 from app.training.backends.vertex_custom import VertexCustomBackend
 from tests.fixtures.vertex import FakeVertex
+from tests.training.conftest import make_scene, read_snapshot, start_training
 from tests.training.test_train_job_command import JOB_ID, LABELS, write_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -369,6 +375,165 @@ def test_poll_errors_say_whether_to_retry(
 
     assert is_transient(failed.value) is transient
     assert str(failed.value).startswith("Vertex AI GetCustomJob: ")
+
+
+# -- through the service: API, worker, poller ---------------------------------------------
+
+
+@pytest.fixture
+def settings(settings: Settings, vertex: FakeVertex, gcs_bucket: str) -> Settings:
+    """The service (its database, local blobs) with vertex-custom configured on the stand-in."""
+    return settings.model_copy(
+        update={
+            "vertex_project": vertex.project,
+            "vertex_location": vertex.location,
+            "vertex_staging_bucket": f"gs://{gcs_bucket}/staging",
+            "vertex_api_endpoint": vertex.endpoint,
+            "vertex_api_transport": "rest",
+            "vertex_service_account": JOB_ACCOUNT,
+            "vertex_custom_image": IMAGE,
+            "training_max_epochs": 1,
+            "remote_poll_seconds": 0.2,
+        }
+    )
+
+
+@contextlib.contextmanager
+def worker_running(settings: Settings, session_factory) -> Iterator[None]:
+    """A worker in a thread: it submits, runs the periodic poller and collects."""
+    worker = Worker(settings=settings, session_factory=session_factory, registry=default_registry())
+    thread = threading.Thread(target=worker.run, name="test-worker")
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+def watch(client, training_job_id: str, until: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    """The job's (state, remoteState) as it changes, until ``until`` holds for it."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/trainingJobs/{training_job_id}").json()
+        if not seen or seen[-1][:2] != (job["state"], job["remoteState"]):
+            seen.append((job["state"], job["remoteState"], job))
+        if until(job):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"timed out; seen {[s[:2] for s in seen]}")
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def test_a_vertex_custom_training_job_end_to_end(
+    client, make_dataset, run_jobs, run_command, settings, session_factory, gcs_client, gcs_bucket
+):
+    dataset_id = make_dataset({"TRAIN": 6, "VALIDATION": 2, "TEST": 3})
+    job = start_training(client, dataset_id, backend="vertex-custom", budgetMilliNodeHours=50)
+    assert (job["backend"], job["state"]) == ("vertex-custom", "QUEUED")
+
+    with worker_running(settings, session_factory):
+        seen = watch(client, job["id"], finished)
+
+    states = [s[:2] for s in seen]
+    assert ("RUNNING", "JOB_STATE_RUNNING") in states
+    assert states[-1] == ("SUCCEEDED", "JOB_STATE_SUCCEEDED"), seen[-1][2]["error"]
+    done = seen[-1][2]
+    [custom_job] = run_command.custom_jobs
+    folder = f"gs://{gcs_bucket}/staging/edge-automl/{job['id']}"
+    assert done["remoteResources"]["customJobName"] == custom_job
+    assert done["remoteResources"]["outputUri"] == f"{folder}/output"
+    assert done["successfulStopReason"] == "MODEL_CONVERGED", "the epoch cap ended it"
+    assert 1 <= done["costMilliNodeHours"] <= 50
+    assert done["progress"]["epoch"] == 1 and done["progress"]["fraction"] == 1.0
+    # The images went to the staging bucket once, for the job to read.
+    snapshot = read_snapshot(client, job["id"])
+    staged_data = f"staging/edge-automl/{job['id']}/data/"
+    assert staged(gcs_client, gcs_bucket) == sorted(
+        [f"{staged_data}{i['blobKey']}" for i in snapshot["images"]]
+        + [f"{staged_data}training/{job['id']}/snapshot.json"]
+        + [
+            f"staging/edge-automl/{job['id']}/output/{name}"
+            for name in ("model.pt", "progress.json", "result.json")
+        ]
+    )
+
+    # Registered and evaluated on TEST as a local job's model is.
+    model_id = done["modelId"]
+    model = client.get(f"/v1/models/{model_id}").json()
+    assert model["trainingJobId"] == job["id"] and model["labels"] == ["circle", "square"]
+    [version] = model["versions"]
+    output = open_blob_store(f"{folder}/output")
+    result = json.loads(output.get("result.json"))
+    assert version["sha256"] == result["modelSha256"]
+    weights = client.get(f"/v1/models/{model_id}/artifacts/pytorch").content
+    assert weights == output.get("model.pt")
+    evaluations = client.get(f"/v1/models/{model_id}/evaluations").json()["evaluations"]
+    [evaluation] = evaluations
+    assert evaluation["split"] == "TEST" and evaluation["imageCount"] == 3
+
+    # ... and it exports and serves like one.
+    exported = client.post(f"/v1/models/{model_id}:export", json={"format": "onnx"})
+    assert exported.status_code == 200, exported.text
+    assert run_jobs() == 1
+    operation = client.get(f"/v1/operations/{exported.json()['id']}").json()
+    assert operation["metadata"]["state"] == "SUCCEEDED", operation["error"]
+    assert client.post(f"/v1/models/{model_id}:deploy").status_code == 200
+    image = make_scene(99, size=(200, 150))[0]
+    answer = client.post(
+        f"/v1/models/{model_id}:predict",
+        json={"instances": [{"content": base64.b64encode(image).decode()}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["deployedModelId"] == f"{model_id}-v1"
+
+
+def test_a_custom_job_whose_command_fails_fails_the_training_job(
+    client, make_dataset, run_command, settings, session_factory, gcs_bucket
+):
+    dataset_id = make_dataset({"TRAIN": 2, "VALIDATION": 1})
+    job = start_training(client, dataset_id, backend="vertex-custom", budgetMilliNodeHours=50)
+    # Bytes that are no image, already in the staging bucket (submit keeps what is there):
+    # the trainer crashes reading them, and the container exits 1.
+    data = open_blob_store(f"gs://{gcs_bucket}/staging/edge-automl/{job['id']}/data")
+    for image in read_snapshot(client, job["id"])["images"]:
+        data.put(image["blobKey"], b"not a jpeg")
+
+    with worker_running(settings, session_factory):
+        seen = watch(client, job["id"], finished)
+
+    done = seen[-1][2]
+    assert (done["state"], done["remoteState"]) == ("FAILED", "JOB_STATE_FAILED")
+    assert done["error"]["code"] == 3
+    assert "exited with a non-zero status of 1" in done["error"]["message"]
+    assert "cannot identify image file" in done["error"]["message"], "the stderr tail"
+    assert done["modelId"] is None and client.get("/v1/models").json()["models"] == []
+
+
+def test_a_cancelled_vertex_custom_job_stops_the_remote_run(
+    client, make_dataset, run_command, settings, session_factory
+):
+    dataset_id = make_dataset({"TRAIN": 2, "VALIDATION": 1})
+    job = start_training(client, dataset_id, backend="vertex-custom", budgetMilliNodeHours=50)
+
+    with worker_running(settings, session_factory):
+        watch(client, job["id"], lambda j: j["remoteState"] == "JOB_STATE_RUNNING")
+        cancelled = client.post(f"/v1/trainingJobs/{job['id']}:cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        seen = watch(client, job["id"], finished)
+
+    done = seen[-1][2]
+    assert (done["state"], done["remoteState"]) == ("CANCELLED", "JOB_STATE_CANCELLED")
+    [(name, running)] = run_command.commands.items()
+    assert running.process.poll() is not None, "the container's process was stopped"
+    cancels = [r for r in run_command.requests if r[0] == "CancelCustomJob"]
+    assert [r[1] for r in cancels] == [name], "cancelled once"
+    assert done["modelId"] is None
 
 
 # -- deploy/vertex-custom, read-checked --------------------------------------------------
