@@ -104,6 +104,7 @@ def main() -> int:
             job = training_service.create(
                 session,
                 blobs,
+                settings,
                 job_in=TrainingJobCreate(
                     dataset_id=dataset.id,
                     display_name=f"bench {folder.name}",

@@ -155,6 +155,58 @@ def store_scored(blobs: BlobStore, *, model_id: str, evaluation_id: str, scored:
     return key
 
 
+# Vertex AI's IoU thresholds that make COCO's AP@[.5:.95] (its 0.50, 0.55 ... 0.95 entries).
+COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def remote_metrics_document(
+    metrics: dict[str, Any], slices: Sequence[dict[str, Any]], *, image_count: int
+) -> dict[str, Any]:
+    """The stored form of an evaluation made elsewhere (Vertex AI), in §3.3's shape.
+
+    Vertex reports AP per IoU threshold, not COCOeval's figures: ``cocoMetrics`` carries AP50
+    (its 0.5 entry) and AP (the mean of its 0.50 ... 0.95 entries) where it has them. No
+    detections come with it, so the slider and per-image views are not available for it.
+    """
+    by_iou = {
+        round(float(entry["iouThreshold"]), 2): float(entry["meanAveragePrecision"])
+        for entry in metrics.get("boundingBoxMetrics", [])
+    }
+    overall: dict[str, float] = {}
+    if 0.5 in by_iou:
+        overall["AP50"] = by_iou[0.5]
+    if all(t in by_iou for t in COCO_IOU_THRESHOLDS):
+        overall["AP"] = sum(by_iou[t] for t in COCO_IOU_THRESHOLDS) / len(COCO_IOU_THRESHOLDS)
+    return {
+        "metrics": metrics,
+        "slices": list(slices),
+        "cocoMetrics": {"overall": overall, "perLabel": {}},
+        "imageCount": image_count,
+        "boxCount": int(metrics.get("evaluatedBoundingBoxCount", 0)),
+        "source": "vertex",
+    }
+
+
+def store_document(
+    blobs: BlobStore, *, model_id: str, evaluation_id: str, document: dict[str, Any]
+) -> tuple[str, EvaluationSummary]:
+    """Write a metrics document made elsewhere; its key and the row's summary figures."""
+    key = metrics_key(model_id, evaluation_id)
+    blobs.put(key, json.dumps(document).encode(), content_type="application/json")
+    metrics = document["metrics"]
+    coco = document["cocoMetrics"]["overall"]
+    summary = EvaluationSummary(
+        bounding_box_mean_average_precision=_defined(
+            metrics.get("boundingBoxMeanAveragePrecision")
+        ),
+        ap50=_defined(coco.get("AP50")),
+        ap50_95=_defined(coco.get("AP")),
+        evaluated_bounding_box_count=int(metrics.get("evaluatedBoundingBoxCount", 0)),
+        image_count=int(document.get("imageCount", 0)),
+    )
+    return key, summary
+
+
 def add_evaluation(
     session: Session,
     *,
@@ -319,8 +371,9 @@ def match_table(blobs: BlobStore, evaluation: Evaluation) -> matches.MatchTable:
             return _tables[cache_key]
     if not blobs.exists(key):
         raise FailedPrecondition(
-            f"evaluation {evaluation_name(evaluation)!r} was made before matches were stored; "
-            "evaluate the model again (POST /v1/models/{modelId}/evaluations)"
+            f"evaluation {evaluation_name(evaluation)!r} has no stored detections (it was made "
+            "by Vertex AI, or before matches were stored); evaluate the model here "
+            "(POST /v1/models/{modelId}/evaluations)"
         )
     table = matches.MatchTable.from_bytes(blobs.get(key))
     with _tables_lock:

@@ -30,6 +30,12 @@ class LeaseLost(JobInterrupted):
     """Another worker reclaimed this job; this run must stop and write nothing."""
 
 
+class HandedOff(Exception):
+    """Raised by a task that started remote work: the worker commits the task's session and
+    hands the job to the remote lease (``repository.REMOTE_LEASE``), still RUNNING, without
+    a heartbeat. A poller then advances it, and may hand it back to the queue."""
+
+
 @dataclass
 class JobContext:
     """Handed to every task. The worker owns the transaction; a task never commits.

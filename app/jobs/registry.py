@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from app.config import Settings
 from app.jobs.context import JobContext
 
 Handler = Callable[[JobContext], dict[str, Any] | None]
@@ -25,12 +28,20 @@ class JobKind:
 
 @dataclass(frozen=True)
 class PeriodicJob:
-    """A job enqueued once per ``every`` across all workers (e.g. the Vertex AI poller)."""
+    """A job enqueued once per ``every`` across all workers (e.g. the Vertex AI poller).
+
+    ``every`` may read the settings (the poller's interval is one); ``when``, if given, is
+    asked first, so that a job with nothing to do leaves no row behind every slot.
+    """
 
     name: str
     kind: str
-    every: timedelta
+    every: timedelta | Callable[[Settings], timedelta]
     payload: dict[str, Any] = field(default_factory=dict)
+    when: Callable[[Session], bool] | None = None
+
+    def interval(self, settings: Settings) -> timedelta:
+        return self.every if isinstance(self.every, timedelta) else self.every(settings)
 
 
 class JobRegistry:
@@ -82,6 +93,7 @@ def default_registry() -> JobRegistry:
     from app.registry import mirror as registry_mirror
     from app.registry import service as registry_service
     from app.registry import tasks as registry_tasks
+    from app.training import poller as training_poller
     from app.training import service as training_service
     from app.training import tasks as training_tasks
 
@@ -90,6 +102,15 @@ def default_registry() -> JobRegistry:
     registry.register(datasets_service.IMPORT_KIND, datasets_tasks.import_dataset)
     registry.register(datasets_service.COLLECT_ORPHANS_KIND, datasets_tasks.collect_orphans)
     registry.register(training_service.TRAIN_KIND, training_tasks.train)
+    registry.register(training_service.POLL_KIND, training_poller.poll_remote)
+    registry.register_periodic(
+        PeriodicJob(
+            name=training_service.POLL_KIND,
+            kind=training_service.POLL_KIND,
+            every=lambda settings: timedelta(seconds=settings.remote_poll_seconds),
+            when=training_poller.has_work,
+        )
+    )
     registry.register(evaluation_service.EVALUATE_KIND, evaluation_tasks.evaluate)
     registry.register(registry_service.EXPORT_KIND, registry_tasks.export_model)
     registry.register(registry_service.PURGE_KIND, registry_tasks.purge_model_files)

@@ -45,6 +45,9 @@ def get_with_job(session: Session, table: type[RowT], row_id: str) -> tuple[RowT
 
 
 ACTIVE_STATES = (JobState.RUNNING, JobState.CANCELLING)
+# The lease owner of a job whose work runs elsewhere (Vertex AI) and that no worker holds: a
+# poller advances it. Its heartbeat is NULL, so the stalled-job reclaimer never takes it.
+REMOTE_LEASE = "remote"
 NOTIFY_CHANNEL = "edge_automl_jobs"
 _NOTIFIED_KEY = "jobs.notified_transaction"
 
@@ -219,6 +222,66 @@ def finish(
         .execution_options(synchronize_session=False)
     )
     return _changed(session, statement)
+
+
+def hand_off(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """Move a running job from a worker's lease to the remote lease (state unchanged, so a
+    cancel asked meanwhile stays CANCELLING); false when the worker lost the lease."""
+    statement = (
+        update(Job)
+        .where(_leased(job_id, worker_id))
+        .values(lease_owner=REMOTE_LEASE, heartbeat_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _changed(session, statement)
+
+
+def hand_back(session: Session, *, job_id: str) -> bool:
+    """Put a remotely held job back in the queue for a worker's next step, with fresh tries
+    (the remote part is done; the next step's failures count on their own). False when it
+    is no longer remotely held and RUNNING (cancelled, finished, handed back already)."""
+    now = utcnow()
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == REMOTE_LEASE, Job.state == JobState.RUNNING)
+        .values(
+            state=JobState.QUEUED,
+            lease_owner=None,
+            heartbeat_at=None,
+            run_after=now,
+            attempts=0,
+            last_error=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    changed = _changed(session, statement)
+    if changed:
+        notify_new_job(session)
+    return changed
+
+
+def finish_remote(
+    session: Session,
+    *,
+    job_id: str,
+    state: JobState,
+    error: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """Record the outcome of a remotely held job (compare-and-set on the remote lease):
+    false when another poller finished it first, or it is no longer remote."""
+    started = session.scalar(select(Job.started_at).where(Job.id == job_id))
+    duration = (utcnow() - started).total_seconds() if started is not None else 0.0
+    return finish(
+        session,
+        job_id=job_id,
+        worker_id=REMOTE_LEASE,
+        state=state,
+        duration_seconds=duration,
+        result=result,
+        error=error,
+    )
 
 
 def retry_later(

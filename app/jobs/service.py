@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -61,13 +61,21 @@ def enqueue(
     return job
 
 
-def enqueue_periodic(session: Session, *, periodic: PeriodicJob, max_attempts: int) -> bool:
-    """Enqueue this slot's run of a periodic job once, however many workers ask."""
+def enqueue_periodic(
+    session: Session, *, periodic: PeriodicJob, max_attempts: int, every: timedelta | None = None
+) -> bool:
+    """Enqueue this slot's run of a periodic job once, however many workers ask (``every``:
+    its interval under the worker's settings, when it depends on them)."""
     prefix = f"periodic:{periodic.name}:"
     if repository.has_active(session, kind=periodic.kind, dedupe_prefix=prefix):
         return False
+    if periodic.when is not None and not periodic.when(session):
+        return False
+    if every is None:
+        assert isinstance(periodic.every, timedelta), "pass every= for a settings interval"
+        every = periodic.every
     now = utcnow()
-    slot = int(now.timestamp() // periodic.every.total_seconds())
+    slot = int(now.timestamp() // every.total_seconds())
     inserted = repository.insert_unless_duplicate(
         session,
         {

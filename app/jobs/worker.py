@@ -23,7 +23,7 @@ from app.config import Settings, open_settings_blob_store
 from app.db.job import JobState
 from app.errors import AppError
 from app.jobs import repository, service
-from app.jobs.context import JobCancelled, JobContext, LeaseLost, WorkerStopping
+from app.jobs.context import HandedOff, JobCancelled, JobContext, LeaseLost, WorkerStopping
 from app.jobs.registry import JobRegistry
 from app.kit.blobs import BlobStore
 from app.kit.clock import utcnow
@@ -190,6 +190,13 @@ class Worker:
                 self._in_handler = True
                 try:
                     result = job_kind.handler(ctx)
+                except HandedOff:
+                    # The task's writes (its next phase) land with the hand-off, or neither.
+                    if not repository.hand_off(session, job_id=job_id, worker_id=self.worker_id):
+                        raise LeaseLost(job_id) from None
+                    session.commit()
+                    log.info("jobs.job.handed_off", extra={"job_id": job_id, "kind": kind})
+                    return
                 finally:
                     self._in_handler = False
                 finished = repository.finish(
@@ -320,7 +327,10 @@ class Worker:
             with self.session_factory.begin() as session:
                 for periodic in self.registry.periodic:
                     service.enqueue_periodic(
-                        session, periodic=periodic, max_attempts=self.settings.job_max_attempts
+                        session,
+                        periodic=periodic,
+                        max_attempts=self.settings.job_max_attempts,
+                        every=periodic.interval(self.settings),
                     )
 
     def reclaim_stalled(self) -> int:

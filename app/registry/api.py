@@ -92,7 +92,7 @@ def _model_read(
         model_hash=tflite.sha256 if tflite else None,
         etag=service.etag_of(model),
         active_operations=[OperationRef(name=f"operations/{job.id}") for job in operations],
-        source=cast(Literal["training", "upload"], model.source),
+        source=cast(Literal["training", "upload", "vertex"], model.source),
         labels=list(model.labels),
         model_type=model.model_type,
         input_size=model.input_size,

@@ -109,7 +109,10 @@ class ModelRead(ApiModel):
     active_operations: list[OperationRef] = Field(
         default_factory=list, description="Unfinished operations; the model is locked meanwhile."
     )
-    source: Literal["training", "upload"]
+    source: Literal["training", "upload", "vertex"] = Field(
+        description="training: trained here; upload: a .tflite file brought by a user; vertex: "
+        "trained by Vertex AI AutoML (its TFLite export)."
+    )
     labels: list[str] = Field(description="Label names; a label's position is its class id.")
     model_type: str
     input_size: int = Field(description="Side of the square input image, in pixels.")

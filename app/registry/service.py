@@ -388,8 +388,14 @@ def create_model(
     input_size: int,
     training_job_id: str | None,
     weights: StoredFile,
+    source: str = "training",
+    format: str = PYTORCH,
+    remote_model_name: str | None = None,
 ) -> tuple[Model, ModelVersion]:
-    """Register a new model with its first version (the file must already be stored)."""
+    """Register a new model with its first version (the file must already be stored).
+
+    A model Vertex AI trained has ``source="vertex"``, a TFLite file as its version's own
+    file, and the Vertex model it came from (``remote_model_name``)."""
     now = utcnow()
     model = Model(
         id=model_id,
@@ -398,6 +404,7 @@ def create_model(
         model_type=model_type,
         input_size=input_size,
         training_job_id=training_job_id,
+        source=source,
         created_at=now,
         updated_at=now,
     )
@@ -406,10 +413,12 @@ def create_model(
         id=new_id(),
         model_id=model_id,
         version=1,
+        format=format,
         training_job_id=training_job_id,
         weights_blob_key=weights.key,
         weights_sha256=weights.sha256,
         weights_size_bytes=weights.size_bytes,
+        remote_model_name=remote_model_name,
         created_at=now,
     )
     repository.add(session, version)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query
 
@@ -23,6 +23,7 @@ from app.kit.ids import is_valid_id
 from app.kit.pagination import check_page_size, decode_token, encode_token
 from app.training import service
 from app.training.schemas import (
+    BackendName,
     ImageCounts,
     TrainingJobCreate,
     TrainingJobList,
@@ -68,6 +69,12 @@ def training_job_read(training_job: TrainingJob, job: Job) -> TrainingJobRead:
         attempts=job.attempts,
         error=OperationError(**job.error) if job.error else None,
         model_id=training_job.model_id,
+        backend=cast(BackendName, training_job.backend),
+        remote_state=training_job.remote_state,
+        remote_resources=training_job.remote if training_job.backend != "local" else None,
+        last_poll_error=OperationError(**training_job.last_poll_error)
+        if training_job.last_poll_error
+        else None,
         create_time=training_job.created_at,
         update_time=max(training_job.updated_at, job.updated_at),
         start_time=job.started_at,
@@ -98,10 +105,10 @@ def cancel_training_job(
     responses=error_responses(InvalidInput, FailedPrecondition, NotFound, *AUTH),
 )
 def create_training_job(
-    body: TrainingJobCreate, session: SessionDep, blobs: BlobsDep
+    body: TrainingJobCreate, session: SessionDep, blobs: BlobsDep, settings: SettingsDep
 ) -> TrainingJobRead:
     """Snapshot a dataset and queue training a detector on it within a budget."""
-    training_job = service.create(session, blobs, job_in=body)
+    training_job = service.create(session, blobs, settings, job_in=body)
     return training_job_read(*service.get(session, training_job_id=training_job.id))
 
 

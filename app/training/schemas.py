@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,12 @@ BUDGET_DESCRIPTION = (
 )
 
 StopReason = Literal["BUDGET_REACHED", "MODEL_CONVERGED"]
+BackendName = Literal["local", "vertex-automl", "vertex-custom"]
+BACKEND_DESCRIPTION = (
+    "Where the job trains: local (a worker of this service), vertex-automl (Vertex AI AutoML; "
+    "the model is its TFLite export) or vertex-custom (this service's trainer as a Vertex AI "
+    "custom job). Unset: the service's EDGE_AUTOML_TRAINING_BACKEND."
+)
 
 
 class TrainingJobCreate(ApiModel):
@@ -45,6 +51,7 @@ class TrainingJobCreate(ApiModel):
         "labels must be the dataset's.",
     )
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    backend: BackendName | None = Field(default=None, description=BACKEND_DESCRIPTION)
 
 
 class TrainingProgress(ApiModel):
@@ -89,6 +96,22 @@ class TrainingJobRead(ApiModel):
     attempts: int
     error: OperationError | None = None
     model_id: str | None = Field(default=None, description="The trained model, once succeeded.")
+    backend: BackendName = Field(description=BACKEND_DESCRIPTION)
+    remote_state: str | None = Field(
+        default=None,
+        description="The remote run's last seen state (PIPELINE_STATE_RUNNING, "
+        "JOB_STATE_SUCCEEDED, ...); remote backends only.",
+    )
+    remote_resources: dict[str, Any] | None = Field(
+        default=None,
+        description="The remote resources made for the job, by role (datasetName, "
+        "pipelineName, modelName, customJobName, ...); remote backends only.",
+    )
+    last_poll_error: OperationError | None = Field(
+        default=None,
+        description="The last transient error polling the remote run (retried with backoff); "
+        "cleared by the next good poll.",
+    )
     create_time: datetime
     update_time: datetime
     start_time: datetime | None = None

@@ -15,10 +15,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.datasets import service as datasets_service
 from app.db.dataset_image import Split
 from app.db.job import Job, JobState
-from app.db.training_job import TrainingJob
+from app.db.model_version import ModelVersion
+from app.db.training_job import Backend, Phase, TrainingJob
 from app.detector.spec import resolve_model_type
 from app.errors import FailedPrecondition, InvalidInput, NotFound
 from app.jobs import service as jobs_service
@@ -27,7 +29,7 @@ from app.kit.clock import utcnow
 from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
 from app.registry import service as registry_service
-from app.training import repository
+from app.training import backends, repository
 from app.training.schemas import (
     MAX_BUDGET_MILLI_NODE_HOURS,
     MIN_BUDGET_MILLI_NODE_HOURS,
@@ -35,6 +37,7 @@ from app.training.schemas import (
 )
 
 TRAIN_KIND = "training.train"
+POLL_KIND = "training.poll_remote"
 SNAPSHOT_FORMAT = "edge-automl-training-snapshot/1"
 
 
@@ -131,7 +134,7 @@ def _indexed(images: list[dict[str, Any]], labels: Sequence[str]) -> list[dict[s
     ]
 
 
-def _label_difference(base: Sequence[str], dataset: Sequence[str]) -> str:
+def label_difference(base: Sequence[str], dataset: Sequence[str]) -> str:
     only_base = sorted(set(base) - set(dataset))
     only_dataset = sorted(set(dataset) - set(base))
     parts = []
@@ -161,11 +164,32 @@ def _check_budget(budget: int) -> None:
         )
 
 
-def create(session: Session, blobs: BlobStore, *, job_in: TrainingJobCreate) -> TrainingJob:
+def _base_model_file(backend: str, version: ModelVersion) -> None:
+    """Refuse a base model the backend cannot start from: Vertex AI uptrains only a model it
+    trained; this project's trainer (local, vertex-custom) starts only from its own weights."""
+    if backend == Backend.VERTEX_AUTOML and version.remote_model_name is None:
+        raise InvalidInput.field(
+            "baseModelId",
+            "vertex-automl can only start from a model Vertex AI trained (uptrainBaseModelId); "
+            "this one was not",
+        )
+    if backend != Backend.VERTEX_AUTOML and version.format != registry_service.PYTORCH:
+        raise InvalidInput.field(
+            "baseModelId",
+            f"the {backend} backend starts from this project's own trained weights; the base "
+            f"model's latest version is a {version.format} file",
+        )
+
+
+def create(
+    session: Session, blobs: BlobStore, settings: Settings, *, job_in: TrainingJobCreate
+) -> TrainingJob:
     """Validate, snapshot the dataset and queue the training, all in the caller's transaction."""
     display_name = job_in.display_name.strip()
     if not display_name:
         raise InvalidInput.field("displayName", "must not be blank")
+    backend = job_in.backend or settings.training_backend
+    backends.check_configured(backend, settings)
     model_type = _model_type(job_in.model_type)
     _check_budget(job_in.budget_milli_node_hours)
     # Locked: the dataset cannot be deleted between this snapshot and the commit.
@@ -182,12 +206,15 @@ def create(session: Session, blobs: BlobStore, *, job_in: TrainingJobCreate) -> 
                 "training keeps the architecture",
             )
         version = registry_service.latest_version(session, model_id=model.id)
+        _base_model_file(backend, version)
         base_labels = list(model.labels)
         base_model = {
             "id": model.id,
             "version": version.version,
             "weightsBlobKey": version.weights_blob_key,
             "sha256": version.weights_sha256,
+            "format": version.format,
+            "remoteModelName": version.remote_model_name,
         }
 
     datasets_service.check_trainable(session, dataset_id=dataset.id)
@@ -197,7 +224,7 @@ def create(session: Session, blobs: BlobStore, *, job_in: TrainingJobCreate) -> 
             raise InvalidInput.field(
                 "baseModelId",
                 f"the base model's labels differ from the dataset's: "
-                f"{_label_difference(base_labels, labels)}",
+                f"{label_difference(base_labels, labels)}",
             )
         labels = base_labels  # the base model's order, so class ids keep their meaning
     snapshot = Snapshot(labels=labels, images=_indexed(images, labels), base_model=base_model)
@@ -229,6 +256,10 @@ def create(session: Session, blobs: BlobStore, *, job_in: TrainingJobCreate) -> 
             validation_image_count=snapshot.count(Split.VALIDATION),
             test_image_count=snapshot.count(Split.TEST),
             progress=None,
+            backend=backend,
+            remote={},
+            phase=None if backend == Backend.LOCAL else Phase.SUBMITTING,
+            poll_failures=0,
             created_at=now,
             updated_at=now,
         ),
@@ -276,8 +307,9 @@ def list_training_jobs(
 
 def cancel(session: Session, blobs: BlobStore, *, training_job_id: str) -> tuple[TrainingJob, Job]:
     """Cancel a job: a queued one at once (its snapshot is deleted), a running one at its
-    next training step (the worker then deletes what it stored). Cancelling a finished job
-    is a FAILED_PRECONDITION, as in Vertex AI."""
+    next training step (the worker then deletes what it stored), a remote one through the
+    poller (it cancels the remote run and waits for its terminal state). Cancelling a
+    finished job is a FAILED_PRECONDITION, as in Vertex AI."""
     training_job, job = get(session, training_job_id=training_job_id)
     state = JobState(job.state)
     if state.is_terminal and state != JobState.CANCELLED:

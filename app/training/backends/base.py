@@ -61,8 +61,6 @@ class RemoteRun:
     seed: int
     labels: tuple[str, ...]
     snapshot_blob_key: str
-    # {"id", "version", "weightsBlobKey", "sha256", "format", "remoteModelName"} or None.
-    base_model: dict[str, Any] | None
     remote: dict[str, Any]
     settings: Settings
     blobs: BlobStore
@@ -83,6 +81,13 @@ class RemoteRun:
         if self._snapshot is None:
             self._snapshot = json.loads(self.blobs.get(self.snapshot_blob_key))
         return self._snapshot
+
+    @property
+    def base_model(self) -> dict[str, Any] | None:
+        """The model training starts from, as the snapshot froze it: {"id", "version",
+        "weightsBlobKey", "sha256", "format", "remoteModelName"}; None for a fresh start."""
+        found: dict[str, Any] | None = self.snapshot().get("baseModel")
+        return found
 
     def checkpoint(self) -> None:
         """Stop here if the worker's job was cancelled or reclaimed (no-op in the poller)."""
