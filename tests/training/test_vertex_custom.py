@@ -230,7 +230,9 @@ def test_submit_reads_cloud_storage_data_in_place(vertex, vertex_settings, gcs_c
 # -- the job runs: poll, collect ---------------------------------------------------------
 
 
-def test_the_custom_job_trains_and_its_model_is_collected(run_command, vertex_settings, tmp_path):
+def test_the_custom_job_trains_and_its_checked_model_is_collected(
+    run_command, vertex_settings, tmp_path
+):
     blobs = open_blob_store(f"file://{tmp_path / 'service'}")
     run = make_run(vertex_settings, blobs)
     backend = VertexCustomBackend(vertex_settings)
@@ -260,6 +262,15 @@ def test_the_custom_job_trains_and_its_model_is_collected(run_command, vertex_se
     assert collected.details["customJobName"] == run.remote["customJobName"]
     assert collected.progress == last.progress
 
+    # A model file that is not the one the trainer wrote, or no result at all, is refused.
+    output = open_blob_store(run.remote["outputUri"])
+    output.put("model.pt", output.get("model.pt") + b"x")
+    with pytest.raises(RemoteCallPermanent, match=r"model\.pt's sha256 is"):
+        backend.collect(run)
+    output.delete("result.json")
+    with pytest.raises(RemoteCallPermanent, match=r"result\.json is missing"):
+        backend.collect(run)
+
 
 def test_a_refused_command_fails_the_job_with_the_trainers_message(
     run_command, vertex_settings, tmp_path
@@ -275,22 +286,6 @@ def test_a_refused_command_fails_the_job_with_the_trainers_message(
     assert last.error is not None and last.error["code"] == 3
     assert last.error["message"].startswith("--model-type: unknown model type 'MOBILE_TF_HUGE_1'")
     assert "exited with a non-zero status of 2" in last.error["message"]
-
-
-def test_a_tampered_model_is_refused_at_collection(run_command, vertex_settings, tmp_path):
-    blobs = open_blob_store(f"file://{tmp_path / 'service'}")
-    run = make_run(vertex_settings, blobs)
-    backend = VertexCustomBackend(vertex_settings)
-    backend.submit(run)
-    assert wait_until_done(backend, run)[-1].state == RemoteState.SUCCEEDED
-    output = open_blob_store(run.remote["outputUri"])
-    output.put("model.pt", output.get("model.pt") + b"x")
-
-    with pytest.raises(RemoteCallPermanent, match=r"model\.pt's sha256 is"):
-        backend.collect(run)
-    output.delete("result.json")
-    with pytest.raises(RemoteCallPermanent, match=r"result\.json is missing"):
-        backend.collect(run)
 
 
 # -- scripted remote states --------------------------------------------------------------
