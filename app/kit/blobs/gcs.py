@@ -16,9 +16,9 @@ from datetime import timedelta
 from typing import Any, BinaryIO, cast
 from urllib.parse import unquote, urlsplit
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as google_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 from google.oauth2 import service_account
 
 from app.kit.blobs.base import (
