@@ -30,9 +30,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# PyTorch first: it is the largest layer and changes least often. The app does not import
-# torch yet; the training worker will. Only the CPU wheels are wanted, hence the PyTorch
-# index instead of PyPI (whose Linux torch wheels pull in CUDA).
+# PyTorch first: it is the largest layer and changes least often. Training, evaluation and
+# export import it. The CPU wheels come from the PyTorch index (PyPI's Linux torch wheels pull
+# in CUDA), so the dependency step below finds torch installed; a GPU image for the Vertex AI
+# custom job sets TORCH_INDEX_URL to PyPI (deploy/vertex-custom/README.md).
 ARG INSTALL_TORCH=true
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
