@@ -372,7 +372,7 @@ def match_table(blobs: BlobStore, evaluation: Evaluation) -> matches.MatchTable:
     if not blobs.exists(key):
         raise FailedPrecondition(
             f"evaluation {evaluation_name(evaluation)!r} has no stored detections (it was made "
-            "by Vertex AI, or before matches were stored); evaluate the model here "
+            "by Vertex AI, or before matches were stored); evaluate the model again here "
             "(POST /v1/models/{modelId}/evaluations)"
         )
     table = matches.MatchTable.from_bytes(blobs.get(key))
