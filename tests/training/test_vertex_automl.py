@@ -5,6 +5,9 @@ and the worker driving the job on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -21,6 +24,8 @@ from app.training.backends.vertex_automl import BOUNDING_BOX_IMPORT_SCHEMA
 from app.training.poller import Poller
 from tests.datasets.conftest import make_zip
 from tests.datasets.test_api import create_dataset, import_file
+from tests.fixtures.server import REPO_ROOT
+from tests.support.processes import stop_all
 from tests.training.conftest import make_scene, start_training
 
 LABELS = ("red", "green", "blue")  # the labels of the float_tflite fixture's model
@@ -382,6 +387,66 @@ def test_a_restart_mid_run_is_finished_by_new_workers_and_pollers(
         engine2.dispose()
     assert done["state"] == "SUCCEEDED", done
     assert len(calls(fake, "CreateTrainingPipeline")) == 1
+
+
+def test_a_killed_worker_process_is_replaced_and_the_job_finishes(
+    client, settings, fake, rgb_dataset
+):
+    """Real ``edge-automl worker`` processes: the first submits the job, then is killed
+    (SIGKILL: no clean-up) while Vertex trains; a new one's periodic poller finishes it."""
+    env = {
+        **os.environ,  # STORAGE_EMULATOR_HOST among them
+        "EDGE_AUTOML_DATABASE_URL": settings.database_url,
+        "EDGE_AUTOML_BLOB_URL": settings.blob_url,
+        "EDGE_AUTOML_WORKER_POLL_SECONDS": "0.1",
+        "EDGE_AUTOML_JOB_HEARTBEAT_SECONDS": "0.3",
+        "EDGE_AUTOML_JOB_STALL_TIMEOUT_SECONDS": "3",
+        "EDGE_AUTOML_LOG_FORMAT": "text",
+        "EDGE_AUTOML_LOG_LEVEL": "WARNING",
+        "EDGE_AUTOML_VERTEX_PROJECT": fake.project,
+        "EDGE_AUTOML_VERTEX_LOCATION": fake.location,
+        "EDGE_AUTOML_VERTEX_STAGING_BUCKET": settings.vertex_staging_bucket or "",
+        "EDGE_AUTOML_VERTEX_API_ENDPOINT": fake.endpoint,
+        "EDGE_AUTOML_VERTEX_API_TRANSPORT": "rest",
+        "EDGE_AUTOML_REMOTE_POLL_SECONDS": "0.2",
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start_worker() -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "app", "worker"]
+        processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env))
+        return processes[-1]
+
+    def wait_until(what: str, predicate: Any, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = read(client, job["id"])
+            if predicate(body):
+                return body
+            assert time.monotonic() < deadline, f"waiting for {what}: {body}"
+            time.sleep(0.1)
+
+    fake.script_pipeline(["PENDING", "RUNNING"])  # RUNNING until told otherwise
+    job = start(client, rgb_dataset)
+    try:
+        first = start_worker()
+        wait_until("RUNNING remotely", lambda b: b["remoteState"] == "PIPELINE_STATE_RUNNING")
+        first.kill()
+        first.wait(10)
+        polls = len(calls(fake, "GetTrainingPipeline"))
+        time.sleep(1.0)
+        assert len(calls(fake, "GetTrainingPipeline")) == polls  # nobody polls now
+        assert read(client, job["id"])["state"] == "RUNNING"
+
+        fake.script_pipeline(["SUCCEEDED"])
+        start_worker()
+        done = wait_until("the end", lambda b: b["state"] in TERMINAL)
+    finally:
+        stop_all(processes, timeout=30)
+    assert done["state"] == "SUCCEEDED", done
+    assert done["modelId"] == training_service.model_id_for(job["id"])
+    assert len(calls(fake, "CreateTrainingPipeline")) == 1
+    assert len(calls(fake, "ExportModel")) == 1
 
 
 def test_two_pollers_at_once_register_one_model(
