@@ -10,7 +10,11 @@ the service's workers do. The model's TEST evaluation (the one the service store
 read back. Prints one JSON line: ``test_map50``, ``test_map50_95``, ``epochs``,
 ``images_per_s``, ``stop_reason``, ``params``, ``gflops`` and ``per_label`` (COCO figures by
 label), plus the budget spent, the share of step time spent waiting for data and timings.
-Exits 1 when the training job did not succeed.
+With ``--exports tflite,tflite-int8`` (any of onnx, tflite, tflite-int8) the model is then
+exported by the service's export jobs and each file is evaluated on TEST by an evaluation
+job, as ``POST /v1/models/{id}/evaluations`` with ``artifactFormat`` does: ``exports`` gives
+each file's mAP@0.5, AP@[.5:.95] and size, and ``ap50_points_vs_pytorch`` (100 x the
+difference from the weights' figure). Exits 1 when a job did not succeed.
 """
 
 # ruff: noqa: E402 - the sys.path fix below must run before anything imports ``queue``.
@@ -46,9 +50,12 @@ from app.db.session import make_engine, make_session_factory
 from app.detector.model import Detector
 from app.detector.spec import spec_for
 from app.evaluation import service as evaluation_service
+from app.evaluation.schemas import EvaluationCreate
 from app.jobs import service as jobs_service
 from app.jobs.registry import default_registry
 from app.jobs.worker import Worker
+from app.registry import service as registry_service
+from app.registry.schemas import ExportRequest
 from app.training import service as training_service
 from app.training.schemas import TrainingJobCreate
 
@@ -71,6 +78,11 @@ def main() -> int:
     parser.add_argument("--budget-minutes", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disable-early-stopping", action="store_true")
+    parser.add_argument(
+        "--exports",
+        default="",
+        help="comma-separated formats to export and evaluate on TEST (onnx, tflite, tflite-int8)",
+    )
     args = parser.parse_args()
     folder = args.dataset.resolve()
     budget = max(1, math.floor(args.budget_minutes * 1000 / 60))
@@ -156,8 +168,66 @@ def main() -> int:
             "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
         }
+        if args.exports:
+            exports = shipped_figures(
+                sessions,
+                worker,
+                blobs,
+                model_id=response["modelId"],
+                dataset_id=dataset.id,
+                formats=[f.strip() for f in args.exports.split(",") if f.strip()],
+            )
+            if exports is None:
+                return 1
+            for figures in exports.values():
+                figures["ap50_points_vs_pytorch"] = round(
+                    100 * (figures["test_map50"] - coco["overall"]["AP50"]), 2
+                )
+            result["exports"] = exports
         print(json.dumps(result), flush=True)
     return 0
+
+
+def shipped_figures(
+    sessions: Any, worker: Worker, blobs: Any, *, model_id: str, dataset_id: str, formats: list[str]
+) -> dict[str, dict[str, Any]] | None:
+    """Export the model in each format and evaluate each file on TEST, through the jobs."""
+    figures: dict[str, dict[str, Any]] = {}
+    for artifact_format in formats:
+        started = time.monotonic()
+        with sessions.begin() as session:
+            export_job = registry_service.request_export(
+                session, model_id=model_id, export_in=ExportRequest(format=artifact_format)
+            ).id
+        worker.run(stop_when_idle=True)
+        exported = time.monotonic() - started
+        with sessions.begin() as session:
+            evaluation_job = evaluation_service.create(
+                session,
+                model_id=model_id,
+                evaluation_in=EvaluationCreate(
+                    dataset_id=dataset_id, artifact_format=artifact_format
+                ),
+            ).id
+        worker.run(stop_when_idle=True)
+        with sessions.begin() as session:
+            jobs = [jobs_service.get(session, job_id=i) for i in (export_job, evaluation_job)]
+            outcome = [(j.state, j.result, j.last_error) for j in jobs]
+        (export_state, export_result, export_error), (state, result, error) = outcome
+        if export_state != JobState.SUCCEEDED or state != JobState.SUCCEEDED:
+            print(json.dumps({"error": f"{artifact_format}: {export_error or error}"}))
+            return None
+        document = json.loads(
+            blobs.get(evaluation_service.metrics_key(model_id, result["evaluationId"]))
+        )
+        overall = document["cocoMetrics"]["overall"]
+        figures[artifact_format] = {
+            "test_map50": round(overall["AP50"], 4),
+            "test_map50_95": round(overall["AP"], 4),
+            "mb": round(export_result["sizeBytes"] / 1e6, 2),
+            "export_seconds": round(exported, 1),
+        }
+    return figures
 
 
 if __name__ == "__main__":
