@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +33,9 @@ from app.kit.ids import is_valid_id, new_id
 from app.kit.pagination import PageCursor
 from app.registry import repository
 from app.registry.schemas import ExportRequest, ModelUpdate, PublishRequest
+
+if TYPE_CHECKING:
+    from app.detector.tflite_check import TfliteFacts
 
 EXPORT_KIND = "registry.export"
 PURGE_KIND = "registry.purge"
@@ -502,6 +505,21 @@ def add_uploaded_version(
     return version
 
 
+def tflite_details(facts: TfliteFacts) -> dict[str, Any]:
+    """What an artifact record says of a .tflite file made elsewhere (uploaded, or Vertex
+    AI's export), as the checks read it."""
+    return {
+        "input": {
+            "name": "image",
+            "shape": [1, facts.input_size, facts.input_size, 3],
+            "dtype": facts.input_dtype,
+        },
+        "outputs": list(facts.output_names),
+        "labels": list(facts.labels),
+        "inputSize": facts.input_size,
+    }
+
+
 def _add_uploaded_version(
     session: Session, blobs: BlobStore, model: Model, data: bytes, max_bytes: int
 ) -> ModelVersion:
@@ -526,17 +544,7 @@ def _add_uploaded_version(
         version=version,
         format=TFLITE,
         stored=stored,
-        details={
-            "input": {
-                "name": "image",
-                "shape": [1, facts.input_size, facts.input_size, 3],
-                "dtype": facts.input_dtype,
-            },
-            "outputs": list(facts.output_names),
-            "labels": list(facts.labels),
-            "inputSize": facts.input_size,
-            "uploaded": True,
-        },
+        details={**tflite_details(facts), "uploaded": True},
     )
     return version
 

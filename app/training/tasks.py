@@ -500,14 +500,7 @@ def _register_tflite(ctx: JobContext, job: _Job, run: RemoteRun, got: Collected)
         format=registry_service.TFLITE,
         stored=stored,
         details={
-            "input": {
-                "name": "image",
-                "shape": [1, facts.input_size, facts.input_size, 3],
-                "dtype": facts.input_dtype,
-            },
-            "outputs": list(facts.output_names),
-            "labels": list(facts.labels),
-            "inputSize": facts.input_size,
+            **registry_service.tflite_details(facts),
             "remoteModelName": got.remote_model_name,
         },
     )
