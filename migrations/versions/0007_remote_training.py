@@ -3,7 +3,7 @@ the poller's schedule; the Vertex AI model a registered version came from
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-27
+Create Date: 2026-11-26
 """
 
 from collections.abc import Sequence
