@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import torch
 import torch.onnx.operators
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from app.detector.bundle import load_bundle
 from app.detector.model import Detector, decode_boxes
@@ -75,8 +75,40 @@ class _WithPostprocess(torch.nn.Module):
         top = score.topk(k).indices
         anchor_index, label, score = anchor_index[top], label[top], score[top]
         box = boxes[anchor_index].clamp(0.0, 1.0)
-        keep = batched_nms(box, score, label, NMS_IOU)[:MAX_DETECTIONS]
+        # Per-class NMS as one NMS: boxes lie in [0, 1], so shifting each class's by 2 x its
+        # label keeps classes apart (torchvision's batched_nms does the same).
+        keep = _FirstKeptByNms.apply(box + 2.0 * label.unsqueeze(1).to(box.dtype), score)
         return box[keep], score[keep], label[keep]
+
+
+class _FirstKeptByNms(torch.autograd.Function):
+    """The indices of the first MAX_DETECTIONS boxes NMS keeps, highest score first.
+
+    Exported as one ``NonMaxSuppression`` asking for MAX_DETECTIONS boxes, so onnxruntime
+    stops once it has them and compares each candidate with at most that many kept boxes.
+    torchvision's export asks for every box (``sys.maxsize``), which on a worst-case image
+    took most of the post-processing time, and wraps it in an ``If`` for empty input, which
+    the ONNX operator handles anyway.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return nms(boxes, scores, NMS_IOU)[:MAX_DETECTIONS]
+
+    @staticmethod
+    def symbolic(g: Any, boxes: Any, scores: Any) -> Any:
+        def constant(value: torch.Tensor) -> Any:
+            return g.op("Constant", value_t=value)
+
+        selected = g.op(
+            "NonMaxSuppression",
+            g.op("Unsqueeze", boxes, constant(torch.tensor([0]))),  # [1, N, 4]
+            g.op("Unsqueeze", scores, constant(torch.tensor([0, 1]))),  # [1, 1, N]
+            constant(torch.tensor([MAX_DETECTIONS])),
+            constant(torch.tensor([NMS_IOU], dtype=torch.float32)),
+        )  # [K, 3]: batch, class, box index
+        column = g.op("Gather", selected, constant(torch.tensor([2])), axis_i=1)
+        return g.op("Squeeze", column, constant(torch.tensor([1])))
 
 
 def export_onnx(model_file: bytes) -> ExportedFile:

@@ -12,7 +12,7 @@ from app.detector.data import ImageCache, plain_example
 from app.detector.evaluate import evaluate
 from app.detector.export import ONNX_OPSET, OnnxPredictor, export_onnx
 from app.detector.model import Detector
-from app.detector.predict import build_model, predict_images
+from app.detector.predict import MAX_DETECTIONS, build_model, predict_images
 from app.detector.spec import spec_for
 from app.detector.types import Detections
 
@@ -70,6 +70,32 @@ def test_onnx_detects_what_pytorch_detects(model_file, onnx_file, shapes) -> Non
     assert sum(len(d.scores) for d in expected) > 0
     for want, have in zip(expected, got, strict=True):
         assert_same_detections(want, have)
+
+
+def test_the_graph_caps_nms_and_answers_an_image_with_nothing_to_detect(model_file) -> None:
+    described = onnx.load_from_string(export_onnx(model_file).data)
+    nms = [n for n in described.graph.node if n.op_type == "NonMaxSuppression"]
+    assert len(nms) == 1 and not [n for n in described.graph.node if n.op_type == "If"]
+    constants = {
+        output: onnx.numpy_helper.to_array(n.attribute[0].t)
+        for n in described.graph.node
+        if n.op_type == "Constant"
+        for output in n.output
+    }
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in described.graph.initializer}
+    max_kept = {**constants, **initializers}[nms[0].input[2]]
+    assert max_kept.tolist() == [MAX_DETECTIONS]  # onnxruntime stops once it has kept these
+
+    bundle = load_bundle(model_file)
+    silent = {**bundle.state_dict}
+    for name in [k for k in silent if "cls_out.bias" in k]:
+        silent[name] = torch.full_like(silent[name], -30.0)  # every score far below 0.01
+    quiet_file = ModelBundle(bundle.model_type, bundle.labels, 320, silent).to_bytes()
+    image = torch.full((3, 320, 320), 127, dtype=torch.uint8)
+    (expected,) = predict_images(build_model(load_bundle(quiet_file)), [image])
+    (got,) = OnnxPredictor(export_onnx(quiet_file).data).predict([image])
+    assert len(expected.scores) == len(got.scores) == 0
+    assert got.boxes.shape == (0, 4)
 
 
 def test_the_file_describes_itself_and_exports_deterministically(model_file, onnx_file) -> None:
