@@ -259,7 +259,7 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
                 trained["cocoMetrics"]["overall"][figure], abs=1e-3
             )
         # TFLite, float32 and int8, exported and evaluated as shipped (LiteRT runs them): the
-        # float file scores as the weights do; int8's TEST mAP@0.5 loses at most 5 points.
+        # float file scores as the weights do; int8's TEST mAP@0.5 loses at most 2 points.
         tflite = {}
         for artifact_format in ("tflite", "tflite-int8"):
             evaluation, tflite[artifact_format] = export_and_evaluate(
@@ -278,11 +278,11 @@ def test_fruit_trains_and_evaluates_through_the_api_agreeing_with_pycocotools(
                         trained["cocoMetrics"]["overall"][figure], abs=1e-3
                     )
             else:
-                # The issue asks for at most 2 points lost; across trainings here int8 gave
-                # -0.7, +2.2 and -3.4 points, so 2 is not met reliably (an open point). This
-                # floor catches a broken int8 export (before the float tail: -6 points).
+                # At most 2 points lost, as the issue asks. Since concatenations share their
+                # inputs' ranges, four trainings' int8 files scored -0.3 to +1.0 points against
+                # float (bench/README.md); before, one lost everything.
                 float_ap50 = trained["cocoMetrics"]["overall"]["AP50"]
-                assert overall["AP50"] >= float_ap50 - 0.05, (overall, float_ap50)
+                assert overall["AP50"] >= float_ap50 - 0.02, (overall, float_ap50)
 
         photos = photos_of_test_split(folder)[:20]
         answers = predict_each(http, model_id, photos)
