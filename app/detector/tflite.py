@@ -183,13 +183,10 @@ def _concat_ranges_shared(graph: Any) -> None:
     (TEST mAP@0.5 0.0 against 0.84); with the ranges shared it scored as the float file.
     """
     for node in graph.graph.nodes:
-        if node.op != "call_function" or "cat" not in str(node.target):
+        if node.op != "call_function" or node.target is not torch.ops.aten.cat.default:
             continue
-        observers = [
-            graph.get_submodule(arg.target)
-            for arg in node.args[0]
-            if arg.op == "call_module" and hasattr(graph.get_submodule(arg.target), "min_val")
-        ]
+        inputs = [graph.get_submodule(a.target) for a in node.args[0] if a.op == "call_module"]
+        observers = [module for module in inputs if hasattr(module, "min_val")]
         if len(observers) < 2 or any(o.min_val.numel() != 1 for o in observers):
             continue
         low = torch.stack([o.min_val for o in observers]).min()
