@@ -185,8 +185,7 @@ def run(spec: TrainJobSpec) -> dict[str, Any]:
     one whose output holds a checkpoint resumes from it.
     """
     from app.db.dataset_image import Split
-    from app.training.schemas import SECONDS_PER_MILLI_NODE_HOUR
-    from app.training.tasks import samples_by_split
+    from app.training.tasks import samples_by_split, train_config
 
     output = open_store(spec.output_url, what="--output")
     if output.exists(RESULT_FILE):
@@ -211,20 +210,15 @@ def run(spec: TrainJobSpec) -> dict[str, Any]:
     base_model = _base_model(snapshot, images, spec.images_url)
     resume = output.get(CHECKPOINT_FILE) if output.exists(CHECKPOINT_FILE) else None
 
-    scored_split = Split.TEST if samples[Split.TEST] else Split.VALIDATION
-    from app.detector.types import TrainConfig
-
-    config = TrainConfig(
+    config = train_config(
         model_type=model_type,
         labels=tuple(snapshot["labels"]),
-        budget_seconds=spec.budget_milli_node_hours * SECONDS_PER_MILLI_NODE_HOUR,
+        samples=samples,
+        budget_milli_node_hours=spec.budget_milli_node_hours,
         disable_early_stopping=spec.disable_early_stopping,
         seed=spec.seed,
         max_epochs=spec.max_epochs,
         threads=spec.threads,
-        # The service evaluates this split once the model is back; as for a local job, the
-        # budget keeps time for it.
-        final_eval_images=len(samples[scored_split]),
     )
     hooks = _OutputHooks(output, spec, budget_seconds=config.budget_seconds)
     log.info(

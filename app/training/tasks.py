@@ -116,6 +116,36 @@ def train_image_keys(snapshot: dict[str, Any]) -> list[str]:
     return [image["blobKey"] for image in snapshot["images"] if image["split"] == Split.TRAIN]
 
 
+def scored_split(samples: dict[Split, list[Sample]]) -> Split:
+    """The split a trained model is scored on: TEST, or VALIDATION where TEST is empty."""
+    return Split.TEST if samples[Split.TEST] else Split.VALIDATION
+
+
+def train_config(
+    *,
+    model_type: str,
+    labels: tuple[str, ...],
+    samples: dict[Split, list[Sample]],
+    budget_milli_node_hours: int,
+    disable_early_stopping: bool,
+    seed: int,
+    max_epochs: int | None,
+    threads: int | None,
+) -> TrainConfig:
+    """What a worker's :class:`TrainingRun` and the remote trainer ask of the core alike."""
+    return TrainConfig(
+        model_type=model_type,
+        labels=labels,
+        budget_seconds=budget_milli_node_hours * SECONDS_PER_MILLI_NODE_HOUR,
+        disable_early_stopping=disable_early_stopping,
+        seed=seed,
+        max_epochs=max_epochs,
+        threads=threads,
+        # The scored split's evaluation after training happens inside the budget too.
+        final_eval_images=len(samples[scored_split(samples)]),
+    )
+
+
 class TrainingRun:
     """One attempt at a training job."""
 
@@ -171,17 +201,15 @@ class TrainingRun:
             else None
         )
         settings = self.ctx.settings
-        scored_split = Split.TEST if samples[Split.TEST] else Split.VALIDATION
-        config = TrainConfig(
+        config = train_config(
             model_type=job.model_type,
             labels=labels,
-            budget_seconds=job.budget_milli_node_hours * SECONDS_PER_MILLI_NODE_HOUR,
+            samples=samples,
+            budget_milli_node_hours=job.budget_milli_node_hours,
             disable_early_stopping=job.disable_early_stopping,
             seed=job.seed,
             max_epochs=settings.training_max_epochs,
             threads=settings.training_threads,
-            # The evaluation after training happens inside the budget too.
-            final_eval_images=len(samples[scored_split]),
         )
         log.info(
             "training.job.started",
@@ -209,13 +237,14 @@ class TrainingRun:
             raise FailedPrecondition(f"training refused the job: {exc}") from exc
         self.ctx.checkpoint()
         # The dataset's image ids, in the samples' order, name the images of the evaluation.
-        scored_ids = [i["id"] for i in snapshot["images"] if i["split"] == scored_split.value]
+        scored = scored_split(samples)
+        scored_ids = [i["id"] for i in snapshot["images"] if i["split"] == scored.value]
         return self._finish(
             job,
             labels,
-            samples[scored_split],
+            samples[scored],
             scored_ids,
-            scored_split,
+            scored,
             result,
             resumed=resume is not None,
         )
