@@ -90,8 +90,9 @@ def test_the_graph_caps_nms_and_answers_an_image_with_nothing_to_detect(model_fi
     silent = {**bundle.state_dict}
     for name in [k for k in silent if "cls_out.bias" in k]:
         silent[name] = torch.full_like(silent[name], -30.0)  # every score far below 0.01
-    quiet_file = ModelBundle(bundle.model_type, bundle.labels, 320, silent).to_bytes()
-    image = torch.full((3, 320, 320), 127, dtype=torch.uint8)
+    size = bundle.input_size
+    quiet_file = ModelBundle(bundle.model_type, bundle.labels, size, silent).to_bytes()
+    image = torch.full((3, size, size), 127, dtype=torch.uint8)
     (expected,) = predict_images(build_model(load_bundle(quiet_file)), [image])
     (got,) = OnnxPredictor(export_onnx(quiet_file).data).predict([image])
     assert len(expected.scores) == len(got.scores) == 0
